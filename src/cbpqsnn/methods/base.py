@@ -1,0 +1,95 @@
+"""The LightningModule every pretraining method (backbone) derives from.
+
+A backbone = network + neuron + readout + loss + default optimizer. Subclasses implement
+``build_net`` (network with the method's neuron), ``readout`` (network output -> class scores)
+and ``loss``. Nothing here knows about quantization: CBP is attached from outside as a callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
+
+
+class SpikingClassifier(L.LightningModule):
+    """Classifier backbone: ``net`` maps a batch to time-first outputs ``[T, B, classes]``;
+    ``readout`` turns them into class scores ``[B, classes]`` (argmax = prediction)."""
+
+    def __init__(
+        self,
+        model: dict[str, Any],
+        in_shape: Sequence[int],
+        num_classes: int,
+        T: int,
+        optimizer: OptimizerFactory | None = None,
+        scheduler: SchedulerFactory | None = None,
+        **method_args: Any,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.num_classes = int(num_classes)
+        self.net = self.build_net(dict(model), tuple(in_shape), self.num_classes, int(T))
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.train_acc = MulticlassAccuracy(self.num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
+
+    # -- what a method defines ------------------------------------------------------------
+    def build_net(self, model: dict[str, Any], in_shape: tuple[int, ...], num_classes: int,
+                  T: int) -> nn.Module:
+        raise NotImplementedError
+
+    def readout(self, out: Tensor) -> Tensor:
+        """Class scores ``[B, classes]`` from the network output ``[T, B, classes]``."""
+        raise NotImplementedError
+
+    def loss(self, out: Tensor, target: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- shared training logic ------------------------------------------------------------
+    def set_optimization(self, optimizer: OptimizerFactory,
+                         scheduler: SchedulerFactory | None = None) -> None:
+        """Choose the optimizer (and scheduler) the next ``Trainer.fit`` uses (one per stage)."""
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.readout(self.net(x))
+
+    def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
+        x, y = batch
+        out = self.net(x)
+        loss = self.loss(out, y)
+        metric = getattr(self, f"{stage}_acc")
+        metric(self.readout(out).detach(), y)
+        self.log(f"{stage}/loss", loss.detach(), on_step=False, on_epoch=True,
+                 prog_bar=stage != "test", batch_size=y.shape[0])
+        self.log(f"{stage}/acc", metric, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    def configure_optimizers(self) -> Any:
+        if self.optimizer_factory is None:
+            raise RuntimeError("no optimizer set: call set_optimization(...) before fit")
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}

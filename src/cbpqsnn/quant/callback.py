@@ -1,0 +1,318 @@
+"""CBP as a Lightning Callback (cbp.md sections 1-7).
+
+Attach it to a ``Trainer`` that fine-tunes a pretrained module; it knows nothing about the method:
+
+- ``setup``: selects the layers, freezes ``a_l = mean|W_l|`` and registers a straight-through
+  :class:`LevelQuantizer` parametrization, so the module computes with ``w_q`` in training and
+  validation while the optimizer updates the latent FP32 weight; creates one multiplier per weight;
+- ``on_train_start``: the initial multiplier step (g = 1), once per stage (not on resume);
+- ``on_before_optimizer_step``: adds ``lambda * dcs/dw`` to the (unscaled) weight gradient, i.e.
+  the gradient of the Lagrangian ``L = task + sum lambda * cs(w; g)``; runs before gradient clipping;
+- ``on_train_batch_end``: clamps the latent weights to ``[-latent_clamp, latent_clamp]``;
+- ``on_train_epoch_end``: the event-driven g schedule on the epoch's Lagrangian sum (all-reduced),
+  LR drop at ``lr_drop_at_g``, a multiplier step after every g update; logs the CBP curves;
+- ``on_fit_end``: bakes every latent weight onto its level (a plain module, weights ``a_l * F``).
+
+``algorithm="ste"`` keeps the quantized forward, clamp and bake but drops the constraint and the
+multipliers: plain straight-through fine-tuning, the baseline CBP must beat.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from cbpqsnn.quant.levels import bits_per_weight, layer_levels, level_factors
+from cbpqsnn.quant.quantizer import LevelQuantizer, constraint, constraint_failure, quantize
+from cbpqsnn.quant.schedule import WindowSchedule
+from cbpqsnn.quant.selection import select_layers
+
+ALGORITHMS = ("cbp", "ste")
+MULTIPLIER_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+class CBPCallback(L.Callback):
+    """Constrained backpropagation onto the level set ``levels`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        levels: str = "binary",
+        algorithm: str = "cbp",
+        multiplier_optimizer: str = "adam",
+        multiplier_lr: float = 5e-4,
+        multiplier_weight_decay: float = 0.0,
+        p_max: int = 20,
+        lr_drop_at_g: int | None = 20,
+        lr_drop_factor: float = 0.1,
+        latent_clamp: float | None = 1.0,
+        skip_first_last: bool = True,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+        train_only_quantized: bool = False,
+        bake_at_end: bool = True,
+    ) -> None:
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown quant.algorithm {algorithm!r}; valid choices: {list(ALGORITHMS)}")
+        if multiplier_optimizer not in MULTIPLIER_OPTIMIZERS:
+            raise ValueError(f"unknown multiplier optimizer {multiplier_optimizer!r}; "
+                             f"valid choices: {sorted(MULTIPLIER_OPTIMIZERS)}")
+        self.level_set = levels
+        self.factors = level_factors(levels)
+        self.bits = bits_per_weight(self.factors)
+        self.algorithm = algorithm
+        self.multiplier_optimizer_name = multiplier_optimizer
+        self.multiplier_lr = float(multiplier_lr)
+        self.multiplier_weight_decay = float(multiplier_weight_decay)
+        self.lr_drop_factor = float(lr_drop_factor)
+        self.latent_clamp = latent_clamp
+        self.skip_first_last = skip_first_last
+        self.include = tuple(include)
+        self.exclude = tuple(exclude)
+        self.train_only_quantized = train_only_quantized
+        self.bake_at_end = bake_at_end
+        self.schedule = WindowSchedule(p_max=p_max, lr_drop_at_g=lr_drop_at_g)
+        self.layer_names: list[str] = []
+        self.modules: dict[str, nn.Module] = {}
+        self.multipliers: dict[str, Tensor] = {}
+        self.multiplier_opt: torch.optim.Optimizer | None = None
+        self.initialized = False  # the initial multiplier step has happened
+        self.baked = False
+        self.history: dict[str, list[float]] = {"epoch": [], "g": [], "cfs": [], "lagrangian": [],
+                                                "task_loss": []}
+        self._pending: dict[str, Any] | None = None
+        self._levels_table: dict[str, Tensor] = {}
+        self._task_sum: Tensor | None = None
+        self._constraint_sum: Tensor | None = None
+        self._batches = 0
+
+    @property
+    def uses_constraint(self) -> bool:
+        return self.algorithm == "cbp"
+
+    # ------------------------------------------------------------------ attaching / baking
+    def attach(self, module: nn.Module) -> None:
+        """Select layers, freeze scales, register the quantized forward, create multipliers."""
+        if self.layer_names:
+            return
+        names = select_layers(module, self.skip_first_last, self.include, self.exclude)
+        if not names:
+            raise ValueError(
+                "CBP found no layer to quantize (every Conv/Linear except the first and the last "
+                "is quantized; a network needs at least 3 of them, or use quant.include=[...])"
+            )
+        modules = dict(module.named_modules())
+        for name in names:
+            layer = modules[name]
+            levels = layer_levels(layer.weight, self.factors)
+            parametrize.register_parametrization(layer, "weight", LevelQuantizer(levels))
+            self.modules[name] = layer
+        self.layer_names = names
+        if self.train_only_quantized:
+            latents = {id(self.latent(n)) for n in names}
+            for p in module.parameters():
+                if id(p) not in latents:
+                    p.requires_grad_(False)
+        if self.uses_constraint:
+            self.multipliers = {n: torch.zeros_like(self.latent(n), requires_grad=False) for n in names}
+            self._make_multiplier_optimizer()
+
+    def _make_multiplier_optimizer(self) -> None:
+        cls = MULTIPLIER_OPTIMIZERS[self.multiplier_optimizer_name]
+        kwargs: dict[str, Any] = {"lr": self.multiplier_lr}
+        if self.multiplier_weight_decay:
+            kwargs["weight_decay"] = self.multiplier_weight_decay
+        elif cls is torch.optim.AdamW:
+            kwargs["weight_decay"] = 0.0
+        self.multiplier_opt = cls(list(self.multipliers.values()), **kwargs)
+
+    def latent(self, name: str) -> nn.Parameter:
+        return self.modules[name].parametrizations.weight.original
+
+    def levels(self, name: str) -> Tensor:
+        return self.modules[name].parametrizations.weight[0].levels
+
+    def bake(self) -> None:
+        """Replace every latent weight by its level value and drop the parametrizations."""
+        if self.baked:
+            return
+        self._levels_table = {n: self.levels(n).detach().clone() for n in self.layer_names}
+        for name in self.layer_names:
+            parametrize.remove_parametrizations(self.modules[name], "weight", leave_parametrized=True)
+        self.baked = True
+
+    def baked_levels(self) -> dict[str, Tensor]:
+        """Levels per quantized layer (valid before and after baking)."""
+        if self.baked:
+            return dict(self._levels_table)
+        return {n: self.levels(n) for n in self.layer_names}
+
+    # ------------------------------------------------------------------ metrics
+    def _all_latents(self) -> list[tuple[str, Tensor, Tensor]]:
+        if self.baked:
+            return [(n, self.modules[n].weight, self._levels_table[n]) for n in self.layer_names]
+        return [(n, self.latent(n), self.levels(n)) for n in self.layer_names]
+
+    @torch.no_grad()
+    def cfs(self) -> float:
+        """Constraint-failure score: mean of ``Y(w)`` over all quantized weights."""
+        total, count = 0.0, 0
+        for _, w, levels in self._all_latents():
+            total += constraint_failure(w, levels).sum().item()
+            count += w.numel()
+        return total / max(count, 1)
+
+    @torch.no_grad()
+    def levels_ok(self) -> bool:
+        """Every quantized weight the module computes with sits exactly on one of its levels."""
+        for _, w, levels in self._all_latents():
+            if not torch.equal(quantize(w, levels), w):
+                return False
+        return True
+
+    # ------------------------------------------------------------------ multiplier step
+    @torch.no_grad()
+    def multiplier_step(self) -> None:
+        """Gradient ascent on ``sum lambda * cs(w; g)``: ``dL/dlambda = cs >= 0``."""
+        if not self.uses_constraint:
+            return
+        assert self.multiplier_opt is not None
+        for name, lam in self.multipliers.items():
+            cs, _ = constraint(self.latent(name), self.levels(name), self.schedule.g)
+            lam.grad = -cs  # the optimizer minimizes, so descend on -L
+        self.multiplier_opt.step()
+        self.multiplier_opt.zero_grad(set_to_none=True)
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self.attach(pl_module)
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.uses_constraint:
+            device = self.latent(self.layer_names[0]).device
+            if next(iter(self.multipliers.values())).device != device:
+                for lam in self.multipliers.values():
+                    lam.data = lam.data.to(device)
+                self._make_multiplier_optimizer()
+        if self._pending is not None:
+            self._apply_state(self._pending)
+            self._pending = None
+        if not self.initialized:
+            self.multiplier_step()
+            self.initialized = True
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        device = pl_module.device
+        self._task_sum = torch.zeros((), device=device)
+        self._constraint_sum = torch.zeros((), device=device)
+        self._batches = 0
+
+    @torch.no_grad()
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        if not self.uses_constraint:
+            return
+        for name, lam in self.multipliers.items():
+            w = self.latent(name)
+            cs, grad = constraint(w, self.levels(name), self.schedule.g)
+            if w.grad is None:
+                w.grad = lam * grad
+            else:
+                w.grad.add_(lam * grad)
+            self._constraint_sum += (lam * cs).sum()
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self._task_sum += loss.detach()
+            self._batches += 1
+        if self.latent_clamp is not None:
+            for name in self.layer_names:
+                self.latent(name).clamp_(-self.latent_clamp, self.latent_clamp)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        lagrangian = self._task_sum + self._constraint_sum
+        lagrangian = trainer.strategy.reduce(lagrangian, reduce_op="sum")
+        task = trainer.strategy.reduce(self._task_sum, reduce_op="sum")
+        batches = max(self._batches * trainer.world_size, 1)
+        L_sum = float(lagrangian)
+        if not math.isfinite(L_sum):
+            raise FloatingPointError(
+                f"CBP stage, epoch {trainer.current_epoch}: the Lagrangian is {L_sum} "
+                "(non-finite task loss or constraint term)"
+            )
+        if self.uses_constraint:
+            decision = self.schedule.end_epoch(L_sum)
+            if decision.lr_drop:
+                self._drop_lr(trainer)
+            if decision.updated:
+                self.multiplier_step()
+        cfs = self.cfs()
+        self.history["epoch"].append(trainer.current_epoch)
+        self.history["g"].append(self.schedule.g)
+        self.history["cfs"].append(cfs)
+        self.history["lagrangian"].append(L_sum)
+        self.history["task_loss"].append(float(task) / batches)
+        metrics = {"cbp/task_loss": float(task) / batches, "cbp/lagrangian": L_sum,
+                   "cbp/cfs": cfs, "cbp/g": float(self.schedule.g)}
+        if self.uses_constraint:
+            metrics["cbp/lambda_mean"] = float(
+                sum(lam.sum() for lam in self.multipliers.values())
+                / sum(lam.numel() for lam in self.multipliers.values()))
+            metrics["cbp/lambda_max"] = float(max(lam.max() for lam in self.multipliers.values()))
+        pl_module.log_dict(metrics, on_step=False, on_epoch=True)
+
+    def _drop_lr(self, trainer: L.Trainer) -> None:
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group["lr"] *= self.lr_drop_factor
+        for config in trainer.lr_scheduler_configs:
+            base_lrs = getattr(config.scheduler, "base_lrs", None)
+            if base_lrs is not None:
+                config.scheduler.base_lrs = [lr * self.lr_drop_factor for lr in base_lrs]
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.bake_at_end:
+            self.bake()
+
+    # ------------------------------------------------------------------ checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "level_set": self.level_set,
+            "algorithm": self.algorithm,
+            "layers": list(self.layer_names),
+            "scales": {n: float(lv[-1]) for n, lv in self.baked_levels().items()},
+            "multipliers": {n: lam.detach().cpu().clone() for n, lam in self.multipliers.items()},
+            "multiplier_optimizer": self.multiplier_opt.state_dict() if self.multiplier_opt else None,
+            "schedule": self.schedule.state_dict(),
+            "initialized": self.initialized,
+            "history": {k: list(v) for k, v in self.history.items()},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        mismatch = [
+            f"{key}: checkpoint has {state_dict[key]!r}, this run has {mine!r}"
+            for key, mine in (("level_set", self.level_set), ("algorithm", self.algorithm),
+                              ("layers", self.layer_names or state_dict["layers"]))
+            if state_dict[key] != mine
+        ]
+        if mismatch:
+            raise ValueError("cannot resume the CBP stage from this checkpoint: " + "; ".join(mismatch))
+        self._pending = state_dict  # applied in on_train_start, once tensors sit on their device
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
+        for name, lam in self.multipliers.items():
+            lam.copy_(state["multipliers"][name].to(lam.device))
+        if self.multiplier_opt is not None and state["multiplier_optimizer"] is not None:
+            self.multiplier_opt.load_state_dict(state["multiplier_optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.initialized = state["initialized"]
+        self.history = {k: list(v) for k, v in state["history"].items()}

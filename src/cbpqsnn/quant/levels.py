@@ -1,0 +1,49 @@
+"""Level sets (cbp.md section 2): factor sets F; a layer's levels are ``Q_l = a_l * F`` with the
+frozen scale ``a_l = mean(|W_l|)`` of the pretrained weights."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+from torch import Tensor
+
+_FACTORS: dict[str, tuple[float, ...]] = {
+    "binary": (-1.0, 1.0),
+    "ternary": (-1.0, 0.0, 1.0),
+    "shift1": (-1.0, -0.5, 0.0, 0.5, 1.0),
+    "shift2": (-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0),
+}
+LEVEL_SETS = (*_FACTORS, "intN (N >= 2, e.g. int4)")
+
+
+def level_factors(name: str) -> tuple[float, ...]:
+    """Ascending factor set ``F`` of a level-set name (binary, ternary, shift1, shift2, intN).
+
+    ``intN``: symmetric uniform ``k / (2^(N-1) - 1)``, ``k = -(2^(N-1) - 1) ... 2^(N-1) - 1``.
+    """
+    key = str(name).lower()
+    if key in _FACTORS:
+        return _FACTORS[key]
+    m = re.fullmatch(r"int(\d+)", key)
+    if m and int(m.group(1)) >= 2:
+        top = 2 ** (int(m.group(1)) - 1) - 1
+        return tuple(k / top for k in range(-top, top + 1))
+    raise ValueError(f"unknown level set {name!r}; valid choices: {', '.join(LEVEL_SETS)}")
+
+
+def bits_per_weight(factors: tuple[float, ...] | list[float]) -> int:
+    """``ceil(log2 |F|)`` bits to store one weight's level index."""
+    return max(1, math.ceil(math.log2(len(factors))))
+
+
+def layer_scale(weight: Tensor) -> Tensor:
+    """Frozen per-layer scale ``a_l = mean(|W_l|)`` of the pretrained weights."""
+    return weight.detach().abs().mean()
+
+
+def layer_levels(weight: Tensor, factors: tuple[float, ...] | list[float]) -> Tensor:
+    """Ascending levels ``a_l * F`` (same dtype/device as ``weight``)."""
+    f = torch.tensor(sorted(factors), dtype=weight.dtype, device=weight.device)
+    return layer_scale(weight) * f

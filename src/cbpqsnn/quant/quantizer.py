@@ -1,0 +1,81 @@
+"""Nearest-level quantizer and the constraint function of CBP (cbp.md sections 3 and 4).
+
+For ascending levels ``q_1 < ... < q_n`` with medians ``m_i = (q_i + q_{i+1}) / 2``:
+
+- ``quantize(w) = q_1 + sum_i (q_{i+1} - q_i) [w >= m_i]`` (nearest level, ties go up), computed as
+  a gather from the level table so the result is bit-exactly a level value;
+- ``Y(w) = 2 |w - quantize(w)|`` (no window; its mean is the constraint-failure score CFS);
+- ``cs(w; g) = Y(w)`` outside the unconstrained bands ``|w - m_i| < (q_{i+1} - q_i) / (2g)``, 0 inside;
+  ``dcs/dw = 2 sign(w - quantize(w))`` outside the bands, 0 inside.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def medians(levels: Tensor) -> Tensor:
+    return (levels[1:] + levels[:-1]) / 2
+
+
+def level_index(w: Tensor, levels: Tensor) -> Tensor:
+    """Index of the nearest level (``#{i : w >= m_i}``; a tie at a median goes up)."""
+    return torch.bucketize(w, medians(levels), right=True)
+
+
+def quantize(w: Tensor, levels: Tensor) -> Tensor:
+    """Nearest level of every element of ``w`` (exact level values)."""
+    return levels[level_index(w, levels)]
+
+
+def constraint_failure(w: Tensor, levels: Tensor) -> Tensor:
+    """``Y(w) = 2 * distance(w, nearest level)``."""
+    return 2 * (w - quantize(w, levels)).abs()
+
+
+def constraint(w: Tensor, levels: Tensor, g: float) -> tuple[Tensor, Tensor]:
+    """Windowed constraint ``cs(w; g)`` and its gradient ``dcs/dw`` (element-wise, no autograd)."""
+    if g < 1:
+        raise ValueError(f"window parameter g must be >= 1, got {g}")
+    idx = level_index(w, levels)
+    diff = w - levels[idx]
+    # Band around the median of the interval w lies in: w in [q_k, q_{k+1}) has k = clamp(...).
+    m = medians(levels)
+    lower = torch.bucketize(w, levels, right=True).clamp(1, len(levels) - 1) - 1
+    half_band = (levels[lower + 1] - levels[lower]) / (2 * g)
+    free = (w - m[lower]).abs() < half_band
+    cs = torch.where(free, torch.zeros_like(w), 2 * diff.abs())
+    grad = torch.where(free, torch.zeros_like(w), 2 * torch.sign(diff))
+    return cs, grad
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, w: Tensor, levels: Tensor) -> Tensor:
+        return quantize(w, levels)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return grad, None
+
+
+class LevelQuantizer(nn.Module):
+    """Weight parametrization ``w -> quantize(w)`` with a straight-through (identity) backward.
+
+    Registered with ``torch.nn.utils.parametrize`` so that the layer computes with ``w_q`` in
+    training and validation while the optimizer updates the latent FP32 weight. ``levels``
+    (``a_l * F``) is a buffer, so it travels with the model's state_dict.
+    """
+
+    def __init__(self, levels: Tensor) -> None:
+        super().__init__()
+        self.register_buffer("levels", levels.detach().clone())
+
+    def forward(self, w: Tensor) -> Tensor:
+        return _StraightThrough.apply(w, self.levels)
+
+    def extra_repr(self) -> str:
+        return f"levels={[round(v, 6) for v in self.levels.tolist()]}"
