@@ -126,7 +126,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         fp32_ckpt, epochs_pretrain = str(cfg.pretrained), 0
     else:
         _fit_stage(cfg, run_dir, "pretrain", module, datamodule, cfg.method.pretrain, [], "fp32")
-        fp32_ckpt, epochs_pretrain = str(run_dir / "checkpoints" / "fp32.ckpt"), int(cfg.method.pretrain.epochs)
+        fp32_ckpt = str(run_dir / "checkpoints" / "fp32.ckpt")
+        epochs_pretrain = int(cfg.method.pretrain.epochs)
     fp32_acc = evaluate(cfg, run_dir, module, datamodule)
     fp32_bytes = 4 * sum(p.numel() for p in module.parameters())
 

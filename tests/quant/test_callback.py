@@ -1,0 +1,201 @@
+"""The CBP callback on a method-agnostic LightningModule (a plain MLP)."""
+
+import copy
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from cbpqsnn.data.sampling import EpochShuffleSampler
+from cbpqsnn.quant.callback import CBPCallback
+from cbpqsnn.quant.quantizer import constraint
+
+
+class MLP(L.LightningModule):
+    def __init__(self, lr: float = 0.05):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                                 nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3))
+        self.lr = lr
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        pass
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9)
+
+
+def loader(seed: int = 0) -> DataLoader:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 8, generator=g)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long()
+    data = TensorDataset(x, y)
+    return DataLoader(data, batch_size=16, sampler=EpochShuffleSampler(data, seed))
+
+
+def pretrained() -> MLP:
+    torch.manual_seed(0)
+    return MLP()
+
+
+def fit(module, callbacks, epochs, tmp_path, ckpt_path=None, clip=1.0):
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=callbacks, default_root_dir=str(tmp_path),
+                        gradient_clip_val=clip, gradient_clip_algorithm="value",
+                        enable_checkpointing=any(isinstance(c, ModelCheckpoint) for c in callbacks))
+    trainer.fit(module, train_dataloaders=loader(), ckpt_path=ckpt_path)
+    return trainer
+
+
+def test_attach_selects_hidden_layers_freezes_scales_and_quantizes_the_forward():
+    module = pretrained()
+    a = {n: module.net[i].weight.abs().mean().item() for n, i in (("net.2", 2), ("net.4", 4))}
+    cbp = CBPCallback(levels="ternary")
+    cbp.attach(module)
+    assert cbp.layer_names == ["net.2", "net.4"]
+    for name, scale in a.items():
+        assert cbp.levels(name).tolist() == pytest.approx([-scale, 0.0, scale])
+        w = cbp.modules[name].weight  # what the layer computes with
+        assert set(w.unique().tolist()) <= set(cbp.levels(name).tolist())
+    assert not hasattr(module.net[0], "parametrizations")  # first and last layer stay FP32
+    assert not hasattr(module.net[6], "parametrizations")
+    assert all(torch.count_nonzero(lam) == 0 for lam in cbp.multipliers.values())
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_multiplier_step_is_gradient_ascent_on_the_constraint(optimizer):
+    module = pretrained()
+    cbp = CBPCallback(levels="binary", multiplier_optimizer=optimizer, multiplier_lr=0.01)
+    cbp.attach(module)
+    with torch.no_grad():
+        cbp.latent("net.2").mul_(3)  # push some weights outside the outer levels
+    cs = {n: constraint(cbp.latent(n), cbp.levels(n), 1)[0] for n in cbp.layer_names}
+    cbp.multiplier_step()
+    for name, lam in cbp.multipliers.items():
+        if optimizer == "sgd":  # paper text: lambda += lr * cs
+            expected = 0.01 * cs[name]
+        else:  # Adam's first step moves every multiplier with cs > 0 by lr
+            expected = 0.01 * cs[name] / (cs[name] + 1e-8)
+        assert torch.allclose(lam, expected, atol=1e-7)
+    assert (cs["net.2"] > 0).any() and (cbp.multipliers["net.2"] > 0).any()
+    # a second step never decreases a multiplier
+    before = {n: lam.clone() for n, lam in cbp.multipliers.items()}
+    cbp.multiplier_step()
+    assert all((cbp.multipliers[n] >= before[n]).all() for n in before)
+
+
+def test_constraint_gradient_is_added_to_the_weight_gradient():
+    module = pretrained()
+    cbp = CBPCallback(levels="ternary")
+    cbp.attach(module)
+    cbp.schedule.g = 3
+    cbp.on_train_epoch_start(None, module)
+    task_grad = {}
+    for name in cbp.layer_names:
+        w = cbp.latent(name)
+        w.grad = torch.randn_like(w)
+        task_grad[name] = w.grad.clone()
+        cbp.multipliers[name].uniform_(0, 2)
+    cbp.on_before_optimizer_step(None, module, None)
+    term = 0.0
+    for name in cbp.layer_names:
+        cs, dcs = constraint(cbp.latent(name), cbp.levels(name), 3)
+        lam = cbp.multipliers[name]
+        assert torch.allclose(cbp.latent(name).grad, task_grad[name] + lam * dcs)
+        term += (lam * cs).sum().item()
+    assert cbp._constraint_sum.item() == pytest.approx(term, rel=1e-5)
+
+
+def test_ste_algorithm_has_no_constraint_and_no_multipliers():
+    module = pretrained()
+    cbp = CBPCallback(levels="binary", algorithm="ste")
+    cbp.attach(module)
+    assert cbp.multipliers == {} and cbp.multiplier_opt is None
+    w = cbp.latent("net.2")
+    w.grad = torch.ones_like(w)
+    cbp.on_train_epoch_start(None, module)
+    cbp.on_before_optimizer_step(None, module, None)
+    assert torch.equal(w.grad, torch.ones_like(w))
+
+
+def test_training_clamps_latents_and_bake_gives_exactly_a_times_factors(tmp_path):
+    module = pretrained()
+    module.lr = 2.0  # large steps push latents against the clamp
+    scales = {n: module.net[i].weight.abs().mean() for n, i in (("net.2", 2), ("net.4", 4))}
+    cbp = CBPCallback(levels="shift2", p_max=1, latent_clamp=0.3, multiplier_lr=0.05,
+                      bake_at_end=False)
+    fit(module, [cbp], 3, tmp_path)
+    for name in cbp.layer_names:
+        assert cbp.latent(name).abs().max() <= 0.3
+    assert cbp.schedule.g == 4 and cbp.history["g"] == [2, 3, 4]
+    assert cbp.cfs() > 0
+    cbp.bake()
+    factors = torch.tensor([-1, -0.5, -0.25, 0, 0.25, 0.5, 1])
+    for name, scale in scales.items():
+        layer = cbp.modules[name]
+        assert not hasattr(layer, "parametrizations") and isinstance(layer.weight, nn.Parameter)
+        allowed = (scale * factors).tolist()
+        assert set(layer.weight.detach().unique().tolist()) <= set(allowed)
+    assert cbp.cfs() == 0.0 and cbp.levels_ok()
+    assert set(module.state_dict()) == set(MLP().state_dict())  # a plain module again
+
+
+def test_lr_drop_when_g_reaches_the_configured_value(tmp_path):
+    module = pretrained()
+    cbp = CBPCallback(levels="binary", p_max=1, lr_drop_at_g=3, lr_drop_factor=0.1)
+    trainer = fit(module, [cbp], 3, tmp_path)
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.005)
+
+
+def _snapshot(module, cbp):
+    return {
+        "weights": {k: v.clone() for k, v in module.state_dict().items()},
+        "multipliers": {k: v.clone() for k, v in cbp.multipliers.items()},
+        "schedule": cbp.schedule.state_dict(),
+        "history": copy.deepcopy(cbp.history),
+    }
+
+
+def test_resume_from_checkpoint_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    options = dict(levels="ternary", p_max=2, lr_drop_at_g=3, multiplier_lr=0.01, bake_at_end=False)
+    # uninterrupted: 5 epochs, a checkpoint after every epoch
+    module_a, cbp_a = pretrained(), CBPCallback(**options)
+    every_epoch = ModelCheckpoint(dirpath=str(tmp_path / "a"), filename="{epoch}", save_top_k=-1,
+                                  save_on_train_epoch_end=True)
+    fit(module_a, [cbp_a, every_epoch], 5, tmp_path / "a")
+    # interrupted after epoch index 2, resumed in a fresh process-like setup
+    module_b, cbp_b = pretrained(), CBPCallback(**options)
+    fit(module_b, [cbp_b], 5, tmp_path / "b", ckpt_path=str(tmp_path / "a" / "epoch=2.ckpt"))
+    a, b = _snapshot(module_a, cbp_a), _snapshot(module_b, cbp_b)
+    assert a["schedule"] == b["schedule"] and a["history"] == b["history"]
+    assert a["schedule"]["g"] >= 3  # the schedule moved and the LR drop happened in this window
+    for key in a["weights"]:
+        assert torch.equal(a["weights"][key], b["weights"][key]), key
+    for key in a["multipliers"]:
+        assert torch.equal(a["multipliers"][key], b["multipliers"][key]), key
+
+
+def test_checkpoint_holds_the_whole_cbp_state(tmp_path):
+    module, cbp = pretrained(), CBPCallback(levels="binary", p_max=1, bake_at_end=False)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path), filename="cbp", save_on_train_epoch_end=True)
+    fit(module, [cbp, ckpt], 2, tmp_path)
+    saved = torch.load(tmp_path / "cbp.ckpt", weights_only=False)
+    (state,) = [v for k, v in saved["callbacks"].items() if k.startswith("CBPCallback")]
+    assert state["schedule"]["g"] == cbp.schedule.g == 3
+    assert state["layers"] == ["net.2", "net.4"]
+    assert set(state["scales"]) == {"net.2", "net.4"}
+    assert state["multiplier_optimizer"]["state"]  # Adam moments saved
+    assert torch.equal(state["multipliers"]["net.2"], cbp.multipliers["net.2"])
+    with pytest.raises(ValueError, match="level_set"):
+        CBPCallback(levels="ternary").load_state_dict(state)

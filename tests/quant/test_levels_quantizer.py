@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from cbpqsnn.quant.levels import bits_per_weight, layer_levels, level_factors
+from cbpqsnn.quant.quantizer import LevelQuantizer, level_index, medians, quantize
+
+EXPECTED = {
+    "binary": ([-1, 1], 1),
+    "ternary": ([-1, 0, 1], 2),
+    "shift1": ([-1, -0.5, 0, 0.5, 1], 3),
+    "shift2": ([-1, -0.5, -0.25, 0, 0.25, 0.5, 1], 3),
+    "int2": ([-1, 0, 1], 2),
+    "int3": ([-1, -2 / 3, -1 / 3, 0, 1 / 3, 2 / 3, 1], 3),
+    "int4": ([k / 7 for k in range(-7, 8)], 4),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_factor_sets_and_bits(name):
+    factors, bits = EXPECTED[name]
+    assert level_factors(name) == pytest.approx(factors)
+    assert bits_per_weight(level_factors(name)) == bits
+
+
+def test_unknown_level_set_lists_the_valid_ones():
+    with pytest.raises(ValueError, match="binary, ternary, shift1, shift2, intN"):
+        level_factors("quaternary")
+    with pytest.raises(ValueError):
+        level_factors("int1")
+
+
+def test_scale_is_mean_abs_of_the_weights():
+    w = torch.tensor([[-2.0, 1.0], [0.5, 0.5]])
+    assert layer_levels(w, level_factors("ternary")).tolist() == [-1.0, 0.0, 1.0]
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_quantizer_returns_the_nearest_level_and_ties_go_up(name):
+    levels = torch.tensor(EXPECTED[name][0], dtype=torch.float64) * 0.3
+    mids = medians(levels)
+    assert mids.tolist() == pytest.approx(((levels[1:] + levels[:-1]) / 2).tolist())
+    # brute force nearest level on a dense grid (excluding exact medians)
+    w = torch.linspace(-0.5, 0.5, 2001, dtype=torch.float64)
+    w = w[(w[:, None] - mids[None]).abs().min(1).values > 1e-9]
+    brute = levels[(w[:, None] - levels[None]).abs().argmin(1)]
+    assert torch.equal(quantize(w, levels), brute)
+    # the cbp.md formula q_1 + sum_i (q_{i+1} - q_i) [w >= m_i]
+    formula = levels[0] + ((w[:, None] >= mids[None]) * (levels[1:] - levels[:-1])).sum(1)
+    assert torch.allclose(quantize(w, levels), formula)
+    # exact medians round up
+    assert torch.equal(level_index(mids, levels), torch.arange(1, len(levels)))
+    # outputs are exactly level values
+    assert set(quantize(w, levels).tolist()) <= set(levels.tolist())
+
+
+def test_level_quantizer_is_straight_through():
+    quantizer = LevelQuantizer(torch.tensor([-0.5, 0.0, 0.5]))
+    w = torch.tensor([-0.9, -0.2, 0.1, 0.3], requires_grad=True)
+    out = quantizer(w)
+    assert out.tolist() == [-0.5, 0.0, 0.0, 0.5]
+    (out * torch.tensor([1.0, 2.0, 3.0, 4.0])).sum().backward()
+    assert w.grad.tolist() == [1.0, 2.0, 3.0, 4.0]

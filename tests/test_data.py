@@ -1,0 +1,42 @@
+import numpy as np
+import torch
+
+from cbpqsnn.data.mnist5k import MNIST5kDataModule, stratified_split
+from cbpqsnn.data.sampling import EpochShuffleSampler
+
+
+def test_mnist5k_is_a_stratified_4000_1000_split_with_a_fixed_seed():
+    dm = MNIST5kDataModule(batch_size=100)
+    dm.setup()
+    x_train, y_train = dm.train_set.tensors
+    x_test, y_test = dm.test_set.tensors
+    assert x_train.shape == (4000, 1, 28, 28) and x_test.shape == (1000, 1, 28, 28)
+    assert torch.bincount(y_train).tolist() == [400] * 10
+    assert torch.bincount(y_test).tolist() == [100] * 10
+    assert abs(x_train.mean().item()) < 0.1 and abs(x_train.std().item() - 1) < 0.1  # normalized
+    again = MNIST5kDataModule()
+    again.setup()
+    assert torch.equal(again.test_set.tensors[0], x_test)
+    # no digit is in both sets
+    train_rows = {row.numpy().tobytes() for row in x_train}
+    assert not any(row.numpy().tobytes() in train_rows for row in x_test)
+
+
+def test_stratified_split_changes_with_the_seed_and_is_disjoint():
+    labels = np.repeat(np.arange(3), 10)
+    train_a, test_a = stratified_split(labels, 2, seed=0)
+    train_b, test_b = stratified_split(labels, 2, seed=1)
+    assert not set(train_a) & set(test_a)
+    assert len(test_a) == 6 and np.bincount(labels[test_a]).tolist() == [2, 2, 2]
+    assert not np.array_equal(test_a, test_b)
+
+
+def test_epoch_shuffle_sampler_depends_only_on_seed_and_epoch():
+    sampler = EpochShuffleSampler(range(50), seed=3)
+    first = list(sampler)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert sorted(first) == list(range(50)) and first != second
+    other = EpochShuffleSampler(range(50), seed=3)
+    other.set_epoch(1)
+    assert list(other) == second

@@ -1,0 +1,53 @@
+import pytest
+import torch
+from torch import nn
+
+from cbpqsnn.methods.stbp import STBPClassifier
+from cbpqsnn.nets.feedforward import build_spiking_net, parse_spec
+from cbpqsnn.neurons import STBPLIF
+
+
+def test_parse_spec_tokens_and_bad_token_message():
+    assert parse_spec(["C32", "c64s2", "P2", "M2", "FC10", "D"]) == [
+        ("conv", 32, 1), ("conv", 64, 2), ("avgpool", 2, 0), ("maxpool", 2, 0), ("fc", 10, 0),
+        ("dropout", 0, 0)]
+    with pytest.raises(ValueError, match="bad layer token 'X3'"):
+        parse_spec(["C32", "X3"])
+
+
+def test_static_input_is_encoded_once_and_equals_repeated_input():
+    torch.manual_seed(0)
+    net = build_spiking_net(["C8", "P2", "FC16"], (1, 8, 8), 3, STBPLIF, T=5)
+    x = torch.randn(2, 1, 8, 8)
+    out_static = net(x)
+    out_temporal = net(x.unsqueeze(0).repeat(5, 1, 1, 1, 1))
+    assert out_static.shape == (5, 2, 3)
+    assert torch.equal(out_static, out_temporal)
+
+
+def test_wrong_input_shape_is_a_clear_error():
+    net = build_spiking_net(["C8"], (1, 8, 8), 3, STBPLIF, T=2)
+    with pytest.raises(ValueError, match=r"expected input \[B, 1, 8, 8\]"):
+        net(torch.randn(8, 8))
+
+
+def test_7conv3fc_parameter_count_for_cifar10():
+    # 128C3 - 256C3s2 - 256C3 - 512C3s2 - 512C3 - 1024C3 - 2048C3s2 - FC1024 - FC512 - FC10, bias
+    convs = [(3, 128), (128, 256), (256, 256), (256, 512), (512, 512), (512, 1024), (1024, 2048)]
+    expected = sum(cin * cout * 9 + cout for cin, cout in convs)
+    expected += (2048 * 4 * 4) * 1024 + 1024 + 1024 * 512 + 512 + 512 * 10 + 10
+    spec = ["C128", "C256s2", "C256", "C512s2", "C512", "C1024", "C2048s2", "FC1024", "FC512"]
+    net = build_spiking_net(spec, (3, 32, 32), 10, STBPLIF, T=8)
+    assert sum(p.numel() for p in net.parameters()) == expected
+    assert sum(isinstance(m, STBPLIF) for m in net.modules()) == 10  # every layer spiking
+
+
+def test_stbp_classifier_rate_readout_and_mse_loss():
+    module = STBPClassifier(model={"spec": ["FC4"]}, in_shape=(1, 2, 2), num_classes=3, T=4)
+    out = torch.tensor([[[1.0, 0, 0]], [[1, 0, 1]], [[0, 0, 1]], [[1, 0, 0]]])  # [T=4, B=1, 3]
+    rate = module.readout(out)
+    assert rate.tolist() == [[0.75, 0.0, 0.5]]
+    loss = module.loss(out, torch.tensor([2]))
+    assert loss.item() == pytest.approx((0.75**2 + 0 + 0.5**2) / 3)
+    assert isinstance(module.net.layers[-1], STBPLIF)
+    assert isinstance(module.net.layers[-2], nn.Linear)

@@ -1,0 +1,119 @@
+"""End-to-end runs of the pipeline on mnist5k, a few batches per stage."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from cbpqsnn.callbacks import NonFiniteLossError
+from cbpqsnn.methods.stbp import STBPClassifier
+from cbpqsnn.pipeline import run
+from tests.conftest import ROOT
+
+SUMMARY_KEYS = {"method", "data", "model", "quant", "seed", "fp32_acc", "quant_acc", "acc_delta",
+                "cfs_final", "levels_ok", "bits_per_weight", "weight_memory_bytes",
+                "fp32_weight_memory_bytes", "memory_ratio", "g_final", "epochs_pretrain",
+                "epochs_cbp", "wall_time_s"}
+
+
+@pytest.fixture(scope="module")
+def binary_run(tmp_path_factory):
+    from tests.conftest import TINY, compose
+
+    run_dir = tmp_path_factory.mktemp("binary")
+    summary = run(compose([*TINY, "method.cbp.callback.p_max=1"]), run_dir)
+    return run_dir, summary
+
+
+def test_binary_run_leaves_summary_checkpoints_and_a_baked_state_dict(binary_run):
+    run_dir, summary = binary_run
+    assert SUMMARY_KEYS <= summary.keys()
+    assert json.loads((run_dir / "summary.json").read_text()) == summary
+    assert (summary["method"], summary["data"], summary["quant"]) == ("stbp", "mnist5k", "binary")
+    assert summary["levels_ok"] is True and summary["cfs_final"] == 0.0
+    assert summary["bits_per_weight"] == 1 and summary["g_final"] == 3
+    assert summary["acc_delta"] == pytest.approx(summary["quant_acc"] - summary["fp32_acc"])
+    assert summary["weight_memory_bytes"] == summary["packed_payload_bytes"] or \
+        abs(summary["weight_memory_bytes"] - summary["packed_payload_bytes"]) < 3
+    assert 0 < summary["memory_ratio"] < 0.1
+    for name in ("checkpoints/fp32.ckpt", "checkpoints/cbp.ckpt", "quantized.pt",
+                 "quantized_packed.pt", "csv/pretrain/metrics.csv", "csv/cbp/metrics.csv"):
+        assert (run_dir / name).is_file(), name
+    state = torch.load(run_dir / "quantized.pt")  # plain state_dict, torch.load alone
+    for layer in summary["quantized_layers"]:
+        w = state[f"{layer}.weight"]
+        assert w.unique().numel() == 2 and torch.allclose(w.unique().abs(), w.abs().mean())
+    cbp_ckpt = torch.load(run_dir / "checkpoints/cbp.ckpt", weights_only=False)
+    assert any(k.startswith("CBPCallback") for k in cbp_ckpt["callbacks"])
+    header = (run_dir / "csv/cbp/metrics.csv").read_text().splitlines()[0]
+    for column in ("cbp/cfs", "cbp/g", "cbp/lagrangian", "cbp/task_loss", "cbp/lambda_mean",
+                   "cbp/lambda_max", "val/acc"):
+        assert column in header
+
+
+def test_pretrained_checkpoint_skips_pretraining_and_reproduces_fp32_accuracy(binary_run, tiny_cfg,
+                                                                               tmp_path):
+    run_dir, summary = binary_run
+    cfg = tiny_cfg(f"pretrained={run_dir / 'checkpoints/fp32.ckpt'}", "quant=ternary")
+    again = run(cfg, tmp_path)
+    assert again["epochs_pretrain"] == 0 and not (tmp_path / "checkpoints/fp32.ckpt").exists()
+    assert again["fp32_acc"] == summary["fp32_acc"]
+    assert again["bits_per_weight"] == 2 and again["levels_ok"]
+
+
+def test_resume_continues_an_interrupted_cbp_stage(binary_run, tiny_cfg, tmp_path):
+    run_dir, _ = binary_run
+    cfg = tiny_cfg(f"pretrained={run_dir / 'checkpoints/fp32.ckpt'}",
+                   f"resume={run_dir / 'checkpoints/cbp.ckpt'}", "method.cbp.epochs=3",
+                   "method.cbp.callback.p_max=1")
+    resumed = run(cfg, tmp_path)
+    assert resumed["history"]["g"] == [2, 3, 4]  # two epochs from the checkpoint, one more here
+
+
+def test_fp32_run_skips_the_cbp_stage(tiny_cfg, tmp_path):
+    summary = run(tiny_cfg("quant=fp32"), tmp_path)
+    assert summary["quant_acc"] == summary["fp32_acc"] and summary["memory_ratio"] == 1.0
+    assert not (tmp_path / "checkpoints/cbp.ckpt").exists()
+    assert not (tmp_path / "quantized.pt").exists()
+
+
+def test_missing_pretrained_checkpoint_names_the_path(tiny_cfg, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere/fp32.ckpt"):
+        run(tiny_cfg(f"pretrained={tmp_path / 'nowhere/fp32.ckpt'}"), tmp_path)
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_incompatible_pretrained_checkpoint_says_what_did_not_match(binary_run, tiny_cfg, tmp_path):
+    run_dir, _ = binary_run
+    cfg = tiny_cfg(f"pretrained={run_dir / 'checkpoints/fp32.ckpt'}", "model.spec=[C16,P2,FC64]")
+    expected = r"shape mismatch: .*net.layers.0.weight: checkpoint \(32, 1, 3, 3\) vs model \(16, 1, 3, 3\)"
+    with pytest.raises(ValueError, match=expected) as err:
+        run(cfg, tmp_path)
+    assert str(run_dir / "checkpoints/fp32.ckpt") in str(err.value)
+    with pytest.raises(ValueError, match="CBP-stage checkpoint"):
+        run(tiny_cfg(f"pretrained={run_dir / 'checkpoints/cbp.ckpt'}"), tmp_path)
+
+
+def test_nan_loss_stops_the_run_naming_stage_and_epoch_without_a_result(tiny_cfg, tmp_path,
+                                                                        monkeypatch):
+    monkeypatch.setattr(STBPClassifier, "loss", lambda self, out, y: out.sum() * float("nan"))
+    with pytest.raises(NonFiniteLossError, match="pretrain stage, epoch 0"):
+        run(tiny_cfg(), tmp_path)
+    assert not (tmp_path / "summary.json").exists() and not (tmp_path / "quantized.pt").exists()
+
+
+def test_unknown_level_set_and_algorithm_list_the_valid_choices(tiny_cfg, tmp_path):
+    with pytest.raises(ValueError, match="valid choices: binary, ternary"):
+        run(tiny_cfg("quant.levels=quaternary"), tmp_path)
+    with pytest.raises(ValueError, match=r"valid choices: \['cbp', 'ste'\]"):
+        run(tiny_cfg("quant.algorithm=magic"), tmp_path)
+
+
+def test_cli_unknown_option_lists_the_available_ones():
+    result = subprocess.run([sys.executable, str(ROOT / "src/train.py"), "method=nosuch"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "Could not find 'method/nosuch'" in result.stderr
+    assert "stbp" in result.stderr  # the available options are listed
