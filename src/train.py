@@ -21,15 +21,21 @@ from omegaconf import DictConfig  # noqa: E402
 
 @hydra.main(version_base="1.3", config_path=str(ROOT / "conf"), config_name="train")
 def main(cfg: DictConfig) -> float:
+    import json
     import logging
+    import warnings
 
-    # Lightning's startup tips and device lines are noise next to the run's own table
+    # Lightning's startup tips, device lines and two harmless warnings (an internal deprecation;
+    # fp32.ckpt and cbp.ckpt sharing checkpoints/) are noise next to the run's own table
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     from cbpqsnn.pipeline import run
     from cbpqsnn.report import print_summary
 
     summary = run(cfg, HydraConfig.get().runtime.output_dir)
     print_summary(summary, HydraConfig.get().runtime.output_dir)
+    logging.getLogger(__name__).info("summary: %s", json.dumps(summary))
     return summary["quant_acc"]
 
 
