@@ -116,7 +116,19 @@ def spike(x: Tensor, surrogate: Surrogate, strict: bool = False) -> Tensor:
 # --------------------------------------------------------------------------- neurons
 
 
-class MultiStepNeuron(nn.Module):
+class TemporalModule(nn.Module):
+    """A module that consumes and produces time-first tensors ``[T, B, ...]`` itself (neurons,
+    residual blocks containing neurons). Every other layer is applied time-merged."""
+
+
+def seq_apply(layer: nn.Module, x: Tensor) -> Tensor:
+    """Apply a stateless ``layer`` to ``[T, B, ...]`` by merging T into the batch dimension."""
+    steps, batch = x.shape[:2]
+    y = layer(x.flatten(0, 1))
+    return y.view(steps, batch, *y.shape[1:])
+
+
+class MultiStepNeuron(TemporalModule):
     """Runs a single-step neuron over a time-first input ``[T, B, ...]`` -> spikes ``[T, B, ...]``.
 
     Subclasses implement ``step(x_t, state) -> (spike_t, state)``; ``state`` is ``None`` at t = 0.
@@ -166,3 +178,44 @@ class STBPLIF(MultiStepNeuron):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, decay={self.decay}"
+
+
+class ParametricLIF(MultiStepNeuron):
+    """LIF / PLIF of SpikingJelly (Fang et al. 2021), decay on the input:
+
+    ``H[t] = V[t-1] + k (X[t] - (V[t-1] - V_reset))``, ``S[t] = 1[H[t] >= V_th]``,
+    ``V[t] = H[t] (1 - S[t]) + V_reset S[t]`` with the reset spike detached (``detach_reset``).
+    ``k = sigmoid(w)``; ``w`` is one learnable scalar per layer (PLIF) initialised so that
+    ``1/k = tau0`` (``tau0 = 2`` -> ``w = 0``), or a fixed buffer (plain LIF, ``learnable=False``).
+    """
+
+    def __init__(self, tau0: float = 2.0, learnable: bool = True, v_threshold: float = 1.0,
+                 v_reset: float = 0.0, surrogate: Surrogate | None = None,
+                 detach_reset: bool = True) -> None:
+        super().__init__(v_threshold, surrogate or ATan(2.0))
+        if tau0 <= 1:
+            raise ValueError(f"membrane time constant tau0 must be > 1, got {tau0}")
+        w = torch.tensor(-math.log(tau0 - 1.0))
+        if learnable:
+            self.w = nn.Parameter(w)
+        else:
+            self.register_buffer("w", w)
+        self.v_reset = float(v_reset)
+        self.detach_reset = detach_reset
+
+    @property
+    def tau(self) -> Tensor:
+        return 1 / torch.sigmoid(self.w.detach())
+
+    def step(self, x_t: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        k = torch.sigmoid(self.w)
+        v_prev = torch.full_like(x_t, self.v_reset) if state is None else state
+        h = v_prev + k * (x_t - (v_prev - self.v_reset))
+        s = spike(h - self.v_threshold, self.surrogate, strict=False)
+        s_reset = s.detach() if self.detach_reset else s
+        v = h * (1 - s_reset) + self.v_reset * s_reset
+        return s, v
+
+    def extra_repr(self) -> str:
+        kind = "learnable" if isinstance(self.w, nn.Parameter) else "fixed"
+        return f"{super().extra_repr()}, tau={float(self.tau):.3f} ({kind}), v_reset={self.v_reset}"

@@ -29,6 +29,7 @@ class SpikingClassifier(L.LightningModule):
         in_shape: Sequence[int],
         num_classes: int,
         T: int,
+        train_time_steps: int | None = None,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         **method_args: Any,
@@ -36,6 +37,8 @@ class SpikingClassifier(L.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.num_classes = int(num_classes)
+        self.in_shape = tuple(in_shape)
+        self.train_time_steps = train_time_steps
         self.net = self.build_net(dict(model), tuple(in_shape), self.num_classes, int(T))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -62,12 +65,25 @@ class SpikingClassifier(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
 
+    def time_first(self, x: Tensor, training: bool = False) -> Tensor:
+        """Batches of event frames arrive batch-first ``[B, T, C, H, W]``; the network runs
+        time-first. In training, ``train_time_steps`` (if set) keeps a random ordered subset of
+        the frames (e.g. 12 of 16); static inputs ``[B, C, H, W]`` pass unchanged."""
+        if x.dim() != len(self.in_shape) + 2:
+            return x
+        x = x.transpose(0, 1)
+        keep = self.train_time_steps
+        if training and keep is not None and keep < x.shape[0]:
+            index = torch.randperm(x.shape[0], device=x.device)[:keep].sort().values
+            x = x.index_select(0, index)
+        return x
+
     def forward(self, x: Tensor) -> Tensor:
-        return self.readout(self.net(x))
+        return self.readout(self.net(self.time_first(x)))
 
     def _shared_step(self, batch: tuple[Tensor, Tensor], stage: str) -> Tensor:
         x, y = batch
-        out = self.net(x)
+        out = self.net(self.time_first(x, training=stage == "train"))
         loss = self.loss(out, y)
         metric = getattr(self, f"{stage}_acc")
         metric(self.readout(out).detach(), y)

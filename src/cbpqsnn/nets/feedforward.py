@@ -2,7 +2,9 @@
 
 Spec tokens (case-insensitive):
 
-- ``C<n>`` / ``C<n>s<s>``: 3x3 convolution to ``n`` channels (padding 1, stride ``s``), then a neuron
+- ``C<n>`` / ``C<n>s<s>``: 3x3 convolution to ``n`` channels (padding 1, stride ``s``), batch-norm if
+  the model asks for it, then a neuron
+- ``SEW<n>``: SEW residual block on ``n`` channels (two conv[-BN]-neuron, ADD connect)
 - ``P<k>``: average pool ``k x k``;  ``M<k>``: max pool ``k x k`` (no neuron)
 - ``FC<n>``: fully connected to ``n`` features, then a neuron
 - ``D``: dropout with the model's dropout rate
@@ -23,9 +25,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from cbpqsnn.neurons import MultiStepNeuron
+from cbpqsnn.nets.sew import SEWBlock
+from cbpqsnn.neurons import MultiStepNeuron, TemporalModule, seq_apply
 
-_TOKEN = re.compile(r"^(C)(\d+)(?:S(\d+))?$|^(P|M)(\d+)$|^(FC)(\d+)$|^(D)$")
+_TOKEN = re.compile(r"^(C)(\d+)(?:S(\d+))?$|^(P|M)(\d+)$|^(FC)(\d+)$|^(D)$|^(SEW)(\d+)$")
 
 
 class SpikingNet(nn.Module):
@@ -48,15 +51,13 @@ class SpikingNet(nn.Module):
                 f"got shape {tuple(x.shape)}"
             )
         for layer in self.layers:
-            if isinstance(layer, MultiStepNeuron):
+            if isinstance(layer, TemporalModule):
                 if not temporal:
                     x = x.unsqueeze(0).expand(self.T, *x.shape)
                     temporal = True
                 x = layer(x)
             elif temporal:
-                steps, batch = x.shape[:2]
-                y = layer(x.flatten(0, 1))
-                x = y.view(steps, batch, *y.shape[1:])
+                x = seq_apply(layer, x)
             else:
                 x = layer(x)
         if not temporal:
@@ -71,8 +72,8 @@ def parse_spec(spec: Sequence[str]) -> list[tuple[str, int, int]]:
         m = _TOKEN.match(str(token).strip().upper())
         if m is None:
             raise ValueError(
-                f"bad layer token {token!r} in model spec; expected C<n>, C<n>s<stride>, P<k>, "
-                "M<k>, FC<n> or D (e.g. ['C32', 'P2', 'C64s2', 'FC128'])"
+                f"bad layer token {token!r} in model spec; expected C<n>, C<n>s<stride>, SEW<n>, "
+                "P<k>, M<k>, FC<n> or D (e.g. ['C32', 'P2', 'C64s2', 'FC128'])"
             )
         if m.group(1):
             parsed.append(("conv", int(m.group(2)), int(m.group(3) or 1)))
@@ -80,6 +81,8 @@ def parse_spec(spec: Sequence[str]) -> list[tuple[str, int, int]]:
             parsed.append(("avgpool" if m.group(4) == "P" else "maxpool", int(m.group(5)), 0))
         elif m.group(6):
             parsed.append(("fc", int(m.group(7)), 0))
+        elif m.group(9):
+            parsed.append(("sew", int(m.group(10)), 0))
         else:
             parsed.append(("dropout", 0, 0))
     return parsed
@@ -94,16 +97,30 @@ def build_spiking_net(
     bias: bool = True,
     dropout: float = 0.0,
     spiking_output: bool = True,
+    batch_norm: bool = False,
+    classifier_bias: bool | None = None,
 ) -> SpikingNet:
-    """Build a :class:`SpikingNet` from ``spec`` for inputs of shape ``in_shape`` (C, H, W)."""
+    """Build a :class:`SpikingNet` from ``spec`` for inputs of shape ``in_shape`` (C, H, W).
+
+    ``bias`` applies to every conv/FC layer; ``classifier_bias`` (default: ``bias``) to the
+    appended classifier only (SEW-ResNets have bias-free convs before BN but a biased FC).
+    """
     layers: list[nn.Module] = []
     shape = tuple(in_shape)
     for kind, size, stride in parse_spec(spec):
         if kind == "conv":
             if len(shape) != 3:
                 raise ValueError(f"conv layer C{size} after a fully connected layer in {list(spec)}")
-            layers += [nn.Conv2d(shape[0], size, 3, stride, 1, bias=bias), neuron()]
+            layers.append(nn.Conv2d(shape[0], size, 3, stride, 1, bias=bias))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(size))
+            layers.append(neuron())
             shape = (size, (shape[1] - 1) // stride + 1, (shape[2] - 1) // stride + 1)
+        elif kind == "sew":
+            if len(shape) != 3 or shape[0] != size:
+                raise ValueError(f"SEW{size} needs a {size}-channel feature map, got shape {shape} "
+                                 f"in {list(spec)}; put C{size} before it")
+            layers.append(SEWBlock(size, neuron, bias=bias, batch_norm=batch_norm))
         elif kind in ("avgpool", "maxpool"):
             pool = nn.AvgPool2d if kind == "avgpool" else nn.MaxPool2d
             layers.append(pool(size))
@@ -119,7 +136,7 @@ def build_spiking_net(
     if len(shape) != 1:
         layers.append(nn.Flatten())
         shape = (int(torch.tensor(shape).prod()),)
-    layers.append(nn.Linear(shape[0], num_classes, bias=bias))
+    layers.append(nn.Linear(shape[0], num_classes, bias=bias if classifier_bias is None else classifier_bias))
     if spiking_output:
         layers.append(neuron())
     return SpikingNet(layers, in_shape, T)
