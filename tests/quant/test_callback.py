@@ -199,3 +199,43 @@ def test_checkpoint_holds_the_whole_cbp_state(tmp_path):
     assert torch.equal(state["multipliers"]["net.2"], cbp.multipliers["net.2"])
     with pytest.raises(ValueError, match="level_set"):
         CBPCallback(levels="ternary").load_state_dict(state)
+
+
+class ZeroTaskLoss(L.LightningModule):
+    """Task gradient 0: the only weight update is the constraint term."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4), nn.Linear(4, 2))
+
+    def training_step(self, batch, batch_idx):
+        return (self.net(batch[0]) * 0).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1.0)
+
+
+def test_mixed_precision_adds_the_constraint_gradient_to_unscaled_gradients():
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    torch.manual_seed(0)
+    module = ZeroTaskLoss()
+    with torch.no_grad():
+        module.net[1].weight.mul_(5)  # many weights beyond the outer levels
+    cbp = CBPCallback(levels="binary", multiplier_optimizer="sgd", multiplier_lr=0.5,
+                      bake_at_end=False)
+    cbp.attach(module)
+    w0 = cbp.latent("net.1").detach().clone()
+    cs, dcs = constraint(w0, cbp.levels("net.1"), 1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=1, accelerator="cpu", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[cbp],
+                        plugins=[MixedPrecision("16-mixed", "cpu", scaler)])
+    trainer.fit(module, DataLoader(TensorDataset(torch.randn(4, 4)), batch_size=4))
+    assert scaler.get_scale() == 1024.0  # the scaler was active
+    # one SGD step (lr 1) on lambda * dcs with lambda = 0.5 * cs from the initial multiplier step;
+    # had the term been added to scaled gradients it would be 1024x too small after unscaling
+    expected = (w0 - 0.5 * cs * dcs).clamp(-1, 1)
+    assert (w0 - expected).abs().max() > 0.1
+    assert torch.allclose(cbp.latent("net.1").detach(), expected, atol=1e-6)
