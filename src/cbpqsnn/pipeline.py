@@ -128,6 +128,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         _fit_stage(cfg, run_dir, "pretrain", module, datamodule, cfg.method.pretrain, [], "fp32")
         fp32_ckpt = str(run_dir / "checkpoints" / "fp32.ckpt")
         epochs_pretrain = int(cfg.method.pretrain.epochs)
+    method_summary = module.on_pretraining_end(datamodule)
     fp32_acc = evaluate(cfg, run_dir, module, datamodule)
     fp32_bytes = 4 * sum(p.numel() for p in module.parameters())
 
@@ -135,6 +136,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         "method": cfg.method.name, "data": cfg.data.name, "model": cfg.model.name,
         "quant": cfg.quant.name, "algorithm": cfg.quant.algorithm, "seed": int(cfg.seed),
         "fp32_acc": fp32_acc, "epochs_pretrain": epochs_pretrain, "fp32_checkpoint": fp32_ckpt,
+        **method_summary,
     }
     if not quantize:
         summary.update(quant_acc=fp32_acc, acc_delta=0.0, cfs_final=0.0, levels_ok=True,

@@ -58,6 +58,13 @@ class SpikingClassifier(L.LightningModule):
     def loss(self, out: Tensor, target: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def on_pretraining_end(self, datamodule: L.LightningDataModule) -> dict[str, Any]:
+        """Called by the pipeline once the FP32 stage is done (trained or loaded from
+        ``pretrained``), before the FP32 evaluation. A method whose pretrained network is not
+        yet the SNN to fine-tune (ANN-to-SNN conversion) converts it here. Returns extra
+        entries for ``summary.json``."""
+        return {}
+
     # -- shared training logic ------------------------------------------------------------
     def set_optimization(self, optimizer: OptimizerFactory,
                          scheduler: SchedulerFactory | None = None) -> None:
