@@ -32,7 +32,7 @@ def make_loggers(cfg: DictConfig, run_dir: Path, stage: str) -> list[Logger]:
 
             loggers.append(WandbLogger(
                 project=wandb_cfg.project, entity=wandb_cfg.entity, mode=mode,
-                name=f"{cfg.run_name}-{stage}", group=wandb_cfg.group or cfg.run_name,
+                name=f"{cfg.run_name}-{stage}", group=wandb_cfg.group or cfg.row,
                 job_type=stage, tags=run_tags(cfg), save_dir=str(run_dir),
                 config=flat_config(cfg), settings=_wandb_settings(),
             ))

@@ -133,7 +133,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     fp32_bytes = 4 * sum(p.numel() for p in module.parameters())
 
     summary: dict[str, Any] = {
-        "method": cfg.method.name, "data": cfg.data.name, "model": cfg.model.name,
+        "row": cfg.row, "method": cfg.method.name, "data": cfg.data.name, "model": cfg.model.name,
         "quant": cfg.quant.name, "algorithm": cfg.quant.algorithm, "seed": int(cfg.seed),
         "fp32_acc": fp32_acc, "epochs_pretrain": epochs_pretrain, "fp32_checkpoint": fp32_ckpt,
         **method_summary,

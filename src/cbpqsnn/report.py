@@ -1,7 +1,11 @@
-"""Human-readable results of a run."""
+"""Results of one run (a rich table) and of a sweep (markdown + CSV table and plots)."""
 
 from __future__ import annotations
 
+import csv
+import json
+import statistics
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +37,156 @@ def print_summary(summary: dict[str, Any], run_dir: str | Path, console: Console
     console = console or Console()
     console.print(table)
     console.print(f"artifacts: {run_dir}")
+
+
+# --------------------------------------------------------------------------- sweeps
+
+COLUMNS = ("row", "quant", "algorithm", "seeds", "fp32_acc", "quant_acc", "acc_delta", "memory_ratio")
+
+
+def load_summaries(sweep_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
+    """Every ``summary.json`` below ``sweep_dir`` (one per finished job), sorted by path."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise FileNotFoundError(f"sweep folder not found: {sweep_dir}")
+    found = [(p.parent, json.loads(p.read_text())) for p in sorted(sweep_dir.rglob("summary.json"))]
+    if not found:
+        raise FileNotFoundError(f"no summary.json below {sweep_dir}: no job of this sweep finished")
+    return found
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (matrix row, level set, algorithm): mean and std over seeds."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for s in summaries:
+        row = s.get("row") or f"{s['method']}_{s['data']}"
+        groups[(row, s["quant"], s["algorithm"])].append(s)
+    table = []
+    for (row, quant, algorithm), runs in sorted(groups.items()):
+        entry: dict[str, Any] = {"row": row, "quant": quant, "algorithm": algorithm,
+                                 "seeds": len(runs)}
+        for key in ("fp32_acc", "quant_acc", "acc_delta", "memory_ratio"):
+            entry[key], entry[f"{key}_std"] = _mean_std([float(r[key]) for r in runs])
+        table.append(entry)
+    return table
+
+
+def _fmt(entry: dict[str, Any], key: str) -> str:
+    if key == "memory_ratio":
+        return f"{100 * entry[key]:.2f} %"
+    value = f"{entry[key]:+.2f}" if key == "acc_delta" else f"{entry[key]:.2f}"
+    return value + (f" ± {entry[f'{key}_std']:.2f}" if entry["seeds"] > 1 else "")
+
+
+def write_tables(table: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
+    md = out_dir / "report.md"
+    header = ("| row | quant | algorithm | seeds | FP32 acc (%) | quantized acc (%) | delta (points) "
+              "| memory |")
+    lines = [header, "|" + "---|" * 8]
+    for e in table:
+        lines.append(f"| {e['row']} | {e['quant']} | {e['algorithm']} | {e['seeds']} | "
+                     f"{_fmt(e, 'fp32_acc')} | {_fmt(e, 'quant_acc')} | {_fmt(e, 'acc_delta')} | "
+                     f"{_fmt(e, 'memory_ratio')} |")
+    md.write_text("\n".join(lines) + "\n")
+    path = out_dir / "report.csv"
+    fields = [*COLUMNS, "fp32_acc_std", "quant_acc_std", "acc_delta_std", "memory_ratio_std"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows({k: e[k] for k in fields} for e in table)
+    return md, path
+
+
+def _layer_weights(path: Path, layers: list[str]) -> list[float]:
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = state.get("state_dict", state)
+    values = []
+    for layer in layers:
+        key = next((k for k in (f"{layer}.weight", f"{layer}.parametrizations.weight.original")
+                    if k in state), None)
+        if key is not None:
+            values += state[key].flatten().tolist()
+    return values
+
+
+def write_plots(runs: list[tuple[Path, dict[str, Any]]], table: list[dict[str, Any]],
+                out_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    # accuracy FP32 vs quantized per (row, quant)
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(table)), 3.5))
+    labels = [f"{e['row']}\n{e['quant']}/{e['algorithm']}" for e in table]
+    xs = range(len(table))
+    ax.bar([x - 0.2 for x in xs], [e["fp32_acc"] for e in table], 0.4,
+           yerr=[e["fp32_acc_std"] for e in table], label="FP32")
+    ax.bar([x + 0.2 for x in xs], [e["quant_acc"] for e in table], 0.4,
+           yerr=[e["quant_acc_std"] for e in table], label="quantized")
+    lows = [min(e["fp32_acc"], e["quant_acc"]) for e in table]
+    ax.set_ylim(max(0.0, min(lows) - 5), 100)
+    ax.set_xticks(list(xs), labels, fontsize=7)
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend()
+    fig.tight_layout()
+    written.append(out_dir / "accuracy.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+    # CFS and g per epoch of every quantized run
+    curves = [(d, s) for d, s in runs if s.get("history", {}).get("epoch")]
+    if curves:
+        fig, (ax_cfs, ax_g) = plt.subplots(1, 2, figsize=(9, 3.5))
+        for run_dir, s in curves:
+            h = s["history"]
+            epochs = [e + 1 for e in range(len(h["cfs"]))]
+            ax_cfs.plot(epochs, h["cfs"], label=run_dir.name)
+            ax_g.step(epochs, h["g"], where="post", label=run_dir.name)
+        ax_cfs.set(xlabel="CBP epoch", ylabel="CFS", yscale="log" if all(
+            c > 0 for _, s in curves for c in s["history"]["cfs"]) else "linear")
+        ax_g.set(xlabel="CBP epoch", ylabel="window g")
+        ax_g.legend(fontsize=6)
+        fig.tight_layout()
+        written.append(out_dir / "cbp_curves.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    # weight histograms of the quantized layers: pretrained vs latent at the end of CBP
+    for run_dir, s in curves:
+        before = Path(s.get("fp32_checkpoint", ""))
+        after = run_dir / "checkpoints" / "cbp.ckpt"
+        if not (before.is_file() and after.is_file()):
+            continue
+        layers = s.get("quantized_layers", [])
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for path, label in ((before, "pretrained FP32"), (after, "latent after CBP")):
+            values = _layer_weights(path, layers)
+            if values:
+                ax.hist(values, bins=120, alpha=0.6, label=label)
+        ax.set(xlabel="weight", ylabel="count", yscale="log",
+               title=f"{run_dir.name}: quantized layers")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        written.append(out_dir / f"weights_{run_dir.name}.png")
+        fig.savefig(written[-1], dpi=120)
+        plt.close(fig)
+    return written
+
+
+def report_sweep(sweep_dir: str | Path, out_dir: str | Path | None = None,
+                 plots: bool = True) -> dict[str, Any]:
+    """Read every ``summary.json`` in ``sweep_dir``; write ``report.md``, ``report.csv`` and
+    plots into ``out_dir`` (default: the sweep folder). Returns the table and file paths."""
+    runs = load_summaries(sweep_dir)
+    out = Path(out_dir) if out_dir is not None else Path(sweep_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = aggregate([s for _, s in runs])
+    md, csv_path = write_tables(table, out)
+    figures = write_plots(runs, table, out) if plots else []
+    return {"table": table, "markdown": md, "csv": csv_path, "plots": figures, "runs": len(runs)}
