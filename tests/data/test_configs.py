@@ -1,0 +1,42 @@
+from pathlib import Path
+
+import pytest
+from hydra.utils import instantiate
+
+from cbpqsnn.data.cifar import CIFARDataModule
+from cbpqsnn.data.cifar10dvs import CIFAR10DVSDataModule
+from cbpqsnn.data.dvs_gesture import DVSGestureDataModule
+from cbpqsnn.data.nmnist import NMNISTDataModule
+from cbpqsnn.pipeline import build_datamodule
+from tests.conftest import compose
+
+EXPECTED = {
+    "cifar10": (CIFARDataModule, (3, 32, 32), 10),
+    "cifar100": (CIFARDataModule, (3, 32, 32), 100),
+    "dvs128_gesture": (DVSGestureDataModule, (2, 128, 128), 11),
+    "cifar10dvs": (CIFAR10DVSDataModule, (2, 128, 128), 10),
+    "nmnist": (NMNISTDataModule, (2, 34, 34), 10),
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_data_config_builds_its_datamodule_rooted_in_the_data_folder(name):
+    cfg = compose([f"data={name}"])
+    dm = build_datamodule(cfg)
+    cls, in_shape, num_classes = EXPECTED[name]
+    assert isinstance(dm, cls) and cfg.data.name == name
+    assert tuple(dm.in_shape) == in_shape and dm.num_classes == num_classes
+    assert dm.root == Path(cfg.paths.data_dir) and not dm.download
+    dm.batch_size = 7  # the pipeline sets a stage's batch size this way
+    assert dm.batch_size == 7
+
+
+def test_event_frame_options_come_from_the_config():
+    cfg = compose(["data=cifar10dvs", "data.datamodule.size=48", "data.datamodule.T=10",
+                   "data.datamodule.split=random"])
+    dm = instantiate(cfg.data.datamodule)
+    assert dm.in_shape == (2, 48, 48) and dm.spec.T == 10 and dm.split == "random"
+    assert dm.cache.folder.parent == Path(cfg.paths.data_dir) / "cache"
+    cfg = compose(["data=cifar100", "data.datamodule.augment=autoaugment_cutout"])
+    cifar = instantiate(cfg.data.datamodule)
+    assert "Cutout" in repr(cifar.transforms[0])
