@@ -49,7 +49,8 @@ def test_stbp_rows_neurons_and_pretraining():
         module = cfg.method.module
         assert (module.v_threshold, module.decay, module.surrogate_width) == (0.5, decay, 1.0)
         pre = cfg.method.pretrain
-        assert (pre.optimizer._target_, pre.optimizer.lr, pre.optimizer.momentum) == ("torch.optim.SGD", 0.3, 0.9)
+        optimizer = (pre.optimizer._target_, pre.optimizer.lr, pre.optimizer.momentum)
+        assert optimizer == ("torch.optim.SGD", 0.3, 0.9)
         assert (pre.scheduler._target_, pre.scheduler.step_size, pre.scheduler.gamma) == (
             "torch.optim.lr_scheduler.StepLR", 45, 0.1)
         assert pre.epochs == 100
