@@ -239,11 +239,11 @@ class CBPCallback(L.Callback):
                 self.latent(name).clamp_(-self.latent_clamp, self.latent_clamp)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        lagrangian = self._task_sum + self._constraint_sum
-        lagrangian = trainer.strategy.reduce(lagrangian, reduce_op="sum")
+        # the task loss is summed over every rank's batches; the constraint term is the same on
+        # every rank (identical weights and multipliers), so it is counted once per step
         task = trainer.strategy.reduce(self._task_sum, reduce_op="sum")
         batches = max(self._batches * trainer.world_size, 1)
-        L_sum = float(lagrangian)
+        L_sum = float(task + self._constraint_sum)
         if not math.isfinite(L_sum):
             raise FloatingPointError(
                 f"CBP stage, epoch {trainer.current_epoch}: the Lagrangian is {L_sum} "
