@@ -12,6 +12,8 @@ PUBLISHED = {
     "stbp_cifar100": ("stbp", "cifar100", "7conv3fc", 8, "torch.optim.SGD", 5e-3, 5e-4, 100, 50, 20),
     "sg_dvs128_gesture": ("sg", "dvs128_gesture", "7bnet", 16, "torch.optim.SGD", 0.1, 1e-2, 200, 16, 20),
     "sg_cifar10dvs": ("sg", "cifar10dvs", "wide_7bnet", 16, "torch.optim.SGD", 0.1, 1e-2, 64, 16, 20),
+    "calib_cifar10": ("calib", "cifar10", "vgg16_cifar", 32, "torch.optim.SGD", 1e-2, 1e-3, 100, 128, 20),
+    "calib_cifar100": ("calib", "cifar100", "vgg16_cifar", 32, "torch.optim.SGD", 1e-2, 1e-3, 100, 128, 20),
 }
 
 
@@ -67,3 +69,14 @@ def test_mnist_rows_exist_for_every_method():
     methods = {p.stem for p in (ROOT / "conf" / "method").glob("*.yaml")}
     assert {f"{m}_mnist5k" for m in methods} <= set(experiment_names())
     assert Path(ROOT / "conf" / "experiment" / "stbp_mnist5k.yaml").is_file()
+
+
+def test_calib_rows_vgg16_without_bn_and_ann_training():
+    for row in ("calib_cifar10", "calib_cifar100"):
+        cfg = compose([f"experiment={row}"])
+        assert cfg.model.batch_norm is False and cfg.model.conv_dropout == 0.25
+        assert cfg.data.datamodule.augment == "autoaugment_cutout"
+        assert cfg.method.module.finetune_T is None and cfg.method.cbp.optimizer.weight_decay == 1e-4
+        pre = cfg.method.pretrain
+        assert (pre.epochs, pre.optimizer.lr, pre.optimizer.weight_decay) == (300, 0.01, 1e-4)
+        assert pre.scheduler._target_.endswith("CosineAnnealingLR") and pre.scheduler.T_max == 300

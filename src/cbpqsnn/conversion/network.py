@@ -1,0 +1,193 @@
+"""The network of the conversion route: one module that runs as the ANN or as the converted SNN.
+
+Spec tokens are those of :func:`cbpqsnn.nets.feedforward.parse_spec`: ``C<n>`` (3x3 conv, bias,
+optional batch-norm and dropout, then an activation), ``P<k>`` (average pool), ``FC<n>`` (linear,
+then an activation), ``D`` (dropout). The analog classifier ``Linear -> classes`` is appended.
+Every activation is an :class:`IFNeuron`: ReLU in the analog (ANN) mode, integrate-and-fire in the
+spiking mode. The mode, the thresholds and the initial potentials are buffers, so a converted
+network's ``state_dict`` restores it strictly into a freshly built one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from cbpqsnn.conversion.neuron import IFNeuron
+from cbpqsnn.nets.feedforward import parse_spec
+from cbpqsnn.neurons import seq_apply
+
+# called before a neuron fires in the spiking pass: (neuron index, neuron, input current [T, B, ...])
+# -> the input current to use (calibration corrects biases and potentials through it)
+NeuronHook = Callable[[int, "IFNeuron", Tensor], Tensor]
+SYNAPSES = (nn.Conv2d, nn.Linear)  # layers that feed a neuron
+
+
+class ConvertibleNet(nn.Module):
+    """Sequential ANN / SNN. Analog mode: ``x -> [1, B, classes]`` (the ANN's logits). Spiking mode:
+    static ``[B, *in_shape]`` (the image is the input current at every step) or ``[T, B, ...]``
+    -> ``[T, B, classes]``, the analog classifier applied at every step (the readout sums over T).
+
+    Buffers ``spiking`` (the mode), ``bn_folded`` (batch-norm folded into the convs; BN layers are
+    then skipped) and ``time_steps`` (T) are part of the ``state_dict``.
+    """
+
+    def __init__(self, layers: Sequence[nn.Module], in_shape: Sequence[int], T: int) -> None:
+        super().__init__()
+        if T < 1:
+            raise ValueError(f"number of time steps T must be >= 1, got {T}")
+        self.layers = nn.ModuleList(layers)
+        self.in_shape = tuple(in_shape)
+        self.register_buffer("time_steps", torch.tensor(int(T)))
+        self.register_buffer("spiking", torch.tensor(False))
+        self.register_buffer("bn_folded", torch.tensor(False))
+        self.neuron_index = [i for i, m in enumerate(self.layers) if isinstance(m, IFNeuron)]
+        self.synapse_index = [self._synapse_before(i) for i in self.neuron_index]
+        self.classifier_index = max(i for i, m in enumerate(self.layers) if isinstance(m, SYNAPSES))
+
+    def _synapse_before(self, index: int) -> int:
+        for j in range(index - 1, -1, -1):
+            if isinstance(self.layers[j], SYNAPSES):
+                return j
+        raise ValueError("every neuron needs a conv or linear layer before it")
+
+    # -- structure ------------------------------------------------------------------------
+    @property
+    def T(self) -> int:
+        """Simulation length of a static input (a buffer: a converted net keeps its own)."""
+        return int(self.time_steps)
+
+    @T.setter
+    def T(self, steps: int) -> None:
+        if steps < 1:
+            raise ValueError(f"number of time steps T must be >= 1, got {steps}")
+        self.time_steps.fill_(int(steps))
+
+    @property
+    def is_spiking(self) -> bool:
+        return bool(self.spiking)
+
+    def set_spiking(self, spiking: bool) -> None:
+        self.spiking.fill_(bool(spiking))
+
+    @property
+    def neurons(self) -> list[IFNeuron]:
+        return [self.layers[i] for i in self.neuron_index]  # type: ignore[misc]
+
+    @property
+    def synapses(self) -> list[nn.Module]:
+        """The conv / linear layer feeding each neuron, in order."""
+        return [self.layers[i] for i in self.synapse_index]
+
+    @property
+    def classifier(self) -> nn.Linear:
+        return self.layers[self.classifier_index]  # type: ignore[return-value]
+
+    def _skip(self, layer: nn.Module) -> bool:
+        return isinstance(layer, nn.BatchNorm2d) and bool(self.bn_folded)
+
+    # -- forward ------------------------------------------------------------------------
+    def analog_forward(self, x: Tensor, activations: list[Tensor] | None = None) -> Tensor:
+        """The ANN: ``[B, *in_shape] -> [B, classes]``; appends every ReLU output to
+        ``activations`` if given."""
+        for layer in self.layers:
+            if self._skip(layer):
+                continue
+            if isinstance(layer, IFNeuron):
+                x = layer.analog(x)
+                if activations is not None:
+                    activations.append(x)
+            else:
+                x = layer(x)
+        return x
+
+    def spiking_forward(self, x: Tensor, before_neuron: NeuronHook | None = None) -> Tensor:
+        """The SNN over ``self.T`` steps (or the given frames): ``[T, B, classes]``.
+
+        Stateless layers before the first neuron see a static input once (it is then repeated
+        over T); ``before_neuron`` may replace each neuron's input current (calibration)."""
+        temporal = x.dim() == len(self.in_shape) + 2
+        k = 0
+        for layer in self.layers:
+            if self._skip(layer):
+                continue
+            if isinstance(layer, IFNeuron):
+                if not temporal:
+                    x = x.unsqueeze(0).expand(self.T, *x.shape)
+                    temporal = True
+                if before_neuron is not None:
+                    x = before_neuron(k, layer, x)
+                x = layer(x)
+                k += 1
+            elif temporal:
+                x = seq_apply(layer, x)
+            else:
+                x = layer(x)
+        if not temporal:
+            x = x.unsqueeze(0).expand(self.T, *x.shape)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() not in (len(self.in_shape) + 1, len(self.in_shape) + 2):
+            raise ValueError(f"expected input [B, {', '.join(map(str, self.in_shape))}] or [T, B, ...], "
+                             f"got shape {tuple(x.shape)}")
+        if self.is_spiking:
+            return self.spiking_forward(x)
+        if x.dim() == len(self.in_shape) + 2:
+            raise ValueError("the analog (ANN) mode takes static inputs [B, ...], not frames")
+        return self.analog_forward(x).unsqueeze(0)
+
+
+
+def build_convertible_net(
+    spec: Sequence[str],
+    in_shape: Sequence[int],
+    num_classes: int,
+    T: int,
+    batch_norm: bool = False,
+    conv_dropout: float = 0.0,
+    dropout: float = 0.0,
+    neuron: Callable[[tuple[int, ...]], IFNeuron] = IFNeuron,
+) -> ConvertibleNet:
+    """Build a :class:`ConvertibleNet` from ``spec`` for inputs ``in_shape`` (C, H, W).
+
+    Every conv / linear has a bias (calibration shifts it; BN folds into it). ``conv_dropout``
+    (> 0) puts a dropout between every conv and its activation (the reference VGG without BN);
+    ``D`` tokens use ``dropout``. ``neuron(shape)`` builds the activation of a layer whose
+    output has ``shape`` (without the batch).
+    """
+    layers: list[nn.Module] = []
+    shape = tuple(in_shape)
+    for kind, size, stride in parse_spec(spec):
+        if kind == "conv":
+            if len(shape) != 3:
+                raise ValueError(f"conv layer C{size} after a fully connected layer in {list(spec)}")
+            layers.append(nn.Conv2d(shape[0], size, 3, stride, 1, bias=True))
+            if batch_norm:
+                layers.append(nn.BatchNorm2d(size))
+            if conv_dropout > 0:
+                layers.append(nn.Dropout(conv_dropout))
+            shape = (size, (shape[1] - 1) // stride + 1, (shape[2] - 1) // stride + 1)
+            layers.append(neuron(shape))
+        elif kind == "avgpool":
+            layers.append(nn.AvgPool2d(size))
+            shape = (shape[0], shape[1] // size, shape[2] // size)
+        elif kind == "dropout":
+            layers.append(nn.Dropout(dropout))
+        elif kind == "fc":
+            if len(shape) != 1:
+                layers.append(nn.Flatten())
+                shape = (int(torch.tensor(shape).prod()),)
+            layers += [nn.Linear(shape[0], size), neuron((size,))]
+            shape = (size,)
+        else:
+            raise ValueError(f"the conversion route supports C<n>, P<k> (average pool), FC<n> and D; "
+                             f"got a {kind} layer in {list(spec)} (max pooling and SEW blocks do not "
+                             "convert to IF neurons)")
+    if len(shape) != 1:
+        layers.append(nn.Flatten())
+        shape = (int(torch.tensor(shape).prod()),)
+    layers.append(nn.Linear(shape[0], num_classes))
+    return ConvertibleNet(layers, in_shape, T)
