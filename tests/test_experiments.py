@@ -80,3 +80,20 @@ def test_calib_rows_vgg16_without_bn_and_ann_training():
         pre = cfg.method.pretrain
         assert (pre.epochs, pre.optimizer.lr, pre.optimizer.weight_decay) == (300, 0.01, 1e-4)
         assert pre.scheduler._target_.endswith("CosineAnnealingLR") and pre.scheduler.T_max == 300
+
+
+def test_tsslbp_row_trains_only_quantized_layers_without_lr_drop():
+    cfg = compose(["experiment=tsslbp_cifar10"])
+    assert (cfg.method.name, cfg.data.name, cfg.model.name, cfg.method.module.T) == (
+        "tsslbp", "cifar10", "tssl_cifar10", 5)
+    assert (cfg.method.module.tau_m, cfg.method.module.tau_s) == (5.0, 3.0)
+    cbp = cfg.method.cbp
+    assert (cbp.optimizer._target_, cbp.optimizer.lr, cbp.epochs, cbp.batch_size) == (
+        "torch.optim.AdamW", 2e-4, 200, 50)
+    assert (cbp.callback.multiplier_optimizer, cbp.callback.multiplier_lr) == ("adamw", 1e-4)
+    assert cbp.callback.lr_drop_at_g is None and cbp.callback.train_only_quantized
+    assert cbp.gradient_clip_algorithm == "norm"
+    pre = cfg.method.pretrain
+    assert (pre.optimizer.lr, pre.epochs, pre.batch_size, pre.gradient_clip_algorithm) == (
+        2e-4, 150, 50, "norm")
+    assert cfg.model.dropout == 0.2 and cfg.model.bias is False

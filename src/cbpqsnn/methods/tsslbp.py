@@ -1,0 +1,107 @@
+"""TSSL-BP backbone (Zhang & Li 2020): LIF neurons whose outputs are PSP traces, the TSSL-BP
+backward (:mod:`cbpqsnn.tssl`), PSP-filtered input, non-spiking 1.1 x sum-pooling, the "kernel"
+loss against the trace of a desired spike train, argmax of the summed output; weights clamped to
++-4 after every optimizer step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cbpqsnn.methods.base import SpikingClassifier
+from cbpqsnn.nets.feedforward import SpikingNet, build_spiking_net
+from cbpqsnn.tssl import PSPInput, ScaledSumPool, TSSLConstants, TSSLNeuron, psp_trace
+
+BACKWARDS = ("tssl", "surrogate")
+REDUCTIONS = ("sum", "mean")
+
+
+def desired_spikes(T: int, pattern: Sequence[float] | None = None) -> Tensor:
+    """Desired spike train of the label neuron: ``pattern`` tiled to ``T`` steps; by default
+    (reference code) ``[0, 1, 1, 1, 1]`` for ``T < 10`` and ``[0, 1]`` otherwise."""
+    if pattern is None:
+        pattern = [0, 1, 1, 1, 1] if T < 10 else [0, 1]
+    base = torch.tensor([float(v) for v in pattern])
+    if base.numel() == 0:
+        raise ValueError("desired_spikes must not be empty")
+    return base.repeat(-(-T // base.numel()))[:T]
+
+
+def build_tssl_net(model: dict[str, Any], in_shape: tuple[int, ...], num_classes: int, T: int,
+                   constants: TSSLConstants, custom_backward: bool = True,
+                   pool_scale: float = 1.1) -> SpikingNet:
+    """The model spec as a TSSL-BP network: PSP-filtered input, every conv/FC (no bias) followed by a
+    :class:`TSSLNeuron` (the classifier too), every ``P<k>`` a :class:`ScaledSumPool`. Weights: conv
+    PyTorch's default init, FC Kaiming-normal, times ``conv_weight_scale`` / ``fc_weight_scale``."""
+    neuron = partial(TSSLNeuron, constants, custom_backward)
+    net = build_spiking_net(model["spec"], in_shape, num_classes, neuron, T, bias=False,
+                            dropout=model.get("dropout", 0.0), spiking_output=True)
+    layers: list[nn.Module] = [PSPInput(constants.tau_s)]
+    for layer in net.layers:
+        if isinstance(layer, nn.MaxPool2d):
+            raise ValueError("TSSL-BP pools traces by a scaled sum: use P<k>, not M<k>")
+        if isinstance(layer, nn.AvgPool2d):
+            layer = ScaledSumPool(layer.kernel_size, pool_scale)
+        layers.append(layer)
+    with torch.no_grad():
+        for layer in layers:
+            if isinstance(layer, nn.Conv2d):
+                layer.weight.mul_(model.get("conv_weight_scale", 1.0))
+            elif isinstance(layer, nn.Linear):
+                nn.init.kaiming_normal_(layer.weight)
+                layer.weight.mul_(model.get("fc_weight_scale", 1.0))
+    return SpikingNet(layers, in_shape, T)
+
+
+class TSSLClassifier(SpikingClassifier):
+    """``scores = sum_t a_out[t]``; kernel loss ``0.5 * sum_{t,c} (a_out[t,c] - a_target[t,c])^2``
+    (summed or averaged over the batch), ``a_target`` the PSP trace of :func:`desired_spikes` for
+    the label neuron and 0 for the others.
+
+    Method args: ``tau_m`` (5), ``tau_s`` (3), ``v_threshold`` (1), ``max_inverse_slope`` (8),
+    ``fallback_scale`` (0.2), ``fallback_clamp`` (8), ``silent_trace`` (0.25), ``backward``
+    (``tssl`` | ``surrogate``), ``pool_scale`` (1.1), ``desired_spikes`` (null: reference rule),
+    ``loss_reduction`` (``sum`` as the reference code | ``mean``), ``weight_clamp`` (4; null: off).
+    """
+
+    @property
+    def constants(self) -> TSSLConstants:
+        hp = self.hparams
+        return TSSLConstants(**{k: float(hp[k]) for k in TSSLConstants.__dataclass_fields__ if k in hp})
+
+    def build_net(self, model: dict[str, Any], in_shape: tuple[int, ...], num_classes: int,
+                  T: int) -> nn.Module:
+        hp = self.hparams
+        backward = hp.get("backward", "tssl")
+        if backward not in BACKWARDS:
+            raise ValueError(f"unknown backward {backward!r}; valid choices: {list(BACKWARDS)}")
+        if hp.get("loss_reduction", "sum") not in REDUCTIONS:
+            raise ValueError(f"unknown loss_reduction {hp.get('loss_reduction')!r}; valid choices: "
+                             f"{list(REDUCTIONS)}")
+        return build_tssl_net(model, in_shape, num_classes, T, self.constants,
+                              custom_backward=backward == "tssl",
+                              pool_scale=float(self.hparams.get("pool_scale", 1.1)))
+
+    def readout(self, out: Tensor) -> Tensor:
+        return out.sum(0)
+
+    def loss(self, out: Tensor, target: Tensor) -> Tensor:
+        pattern = desired_spikes(out.shape[0], self.hparams.get("desired_spikes")).to(out)
+        trace = psp_trace(pattern.view(-1, 1), self.constants.tau_s).view(-1)
+        hot = nn.functional.one_hot(target, self.num_classes).to(out.dtype)  # [B, C]
+        desired = trace.view(-1, 1, 1) * hot.unsqueeze(0)                     # [T, B, C]
+        per_sample = 0.5 * (out - desired).square().sum(dim=(0, 2))
+        return per_sample.sum() if self.hparams.get("loss_reduction", "sum") == "sum" else per_sample.mean()
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer step, then every weight clamped to ``[-weight_clamp, weight_clamp]``."""
+        super().optimizer_step(*args, **kwargs)
+        bound = self.hparams.get("weight_clamp", 4.0)
+        if bound is not None:
+            with torch.no_grad():
+                for p in self.net.parameters():
+                    p.clamp_(-float(bound), float(bound))
