@@ -4,7 +4,9 @@ network trained by plain BPTT with a sigmoid surrogate gradient (same forward, s
     .venv/bin/python benchmarks/tsslbp_speed.py [--batch 16] [--steps 5] [--threads N]
 
 A step = forward, kernel loss, backward, grad-norm clip, AdamW step (weight clamp included). The
-two are timed alternately; prints the median step time of each and their ratio (custom / surrogate).
+two are timed alternately; prints the median step time of each and their ratio (custom / surrogate),
+then the same for the neurons of the largest layer alone. Run it like `make` does, with
+MALLOC_MMAP_THRESHOLD_=17179869184 MALLOC_TRIM_THRESHOLD_=17179869184 (see the Makefile).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from omegaconf import OmegaConf  # noqa: E402
 
 from cbpqsnn.methods.tsslbp import TSSLClassifier  # noqa: E402
+from cbpqsnn.tssl import TSSLNeuron  # noqa: E402
 
 
 def make_module(backward: str) -> TSSLClassifier:
@@ -75,6 +78,25 @@ def main() -> None:
     for backward, t in times.items():
         print(f"  {backward:>9}: {medians[backward]:.3f} s/step  (min {min(t):.3f}, max {max(t):.3f})")
     print(f"  ratio custom / surrogate: {medians['tssl'] / medians['surrogate']:.3f}")
+    neuron_only(args.batch, args.steps)
+
+
+def neuron_only(batch: int, steps: int) -> None:
+    """The neurons alone: forward + backward of one layer's neurons on the largest feature map."""
+    current = torch.randn(5, batch, 256, 32, 32, generator=torch.Generator().manual_seed(2)) + 0.5
+    grad = torch.randn_like(current)
+    times: dict[str, list[float]] = {"tssl": [], "surrogate": []}
+    neurons = {"tssl": TSSLNeuron(custom_backward=True), "surrogate": TSSLNeuron(custom_backward=False)}
+    for i in range(steps + 1):
+        for name, neuron in neurons.items():
+            x = current.clone().requires_grad_(True)
+            start = time.perf_counter()
+            neuron(x).backward(grad)
+            if i:
+                times[name].append(time.perf_counter() - start)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    print(f"neurons only, [5, {batch}, 256, 32, 32], forward + backward: tssl {medians['tssl']:.3f} s, "
+          f"surrogate {medians['surrogate']:.3f} s, ratio {medians['tssl'] / medians['surrogate']:.3f}")
 
 
 if __name__ == "__main__":
