@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from cbpqsnn.conversion.neuron import IFNeuron
-from cbpqsnn.nets.feedforward import parse_spec
+from cbpqsnn.nets.feedforward import conv_output_shape, flatten_if_needed, parse_spec
 from cbpqsnn.neurons import seq_apply
 
 # called before a neuron fires in the spiking pass: (neuron index, neuron, input current [T, B, ...])
@@ -162,14 +162,13 @@ def build_convertible_net(
     shape = tuple(in_shape)
     for kind, size, stride in parse_spec(spec):
         if kind == "conv":
-            if len(shape) != 3:
-                raise ValueError(f"conv layer C{size} after a fully connected layer in {list(spec)}")
+            out_shape = conv_output_shape(shape, size, stride, spec)
             layers.append(nn.Conv2d(shape[0], size, 3, stride, 1, bias=True))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(size))
             if conv_dropout > 0:
                 layers.append(nn.Dropout(conv_dropout))
-            shape = (size, (shape[1] - 1) // stride + 1, (shape[2] - 1) // stride + 1)
+            shape = out_shape
             layers.append(neuron(shape))
         elif kind == "avgpool":
             layers.append(nn.AvgPool2d(size))
@@ -177,17 +176,13 @@ def build_convertible_net(
         elif kind == "dropout":
             layers.append(nn.Dropout(dropout))
         elif kind == "fc":
-            if len(shape) != 1:
-                layers.append(nn.Flatten())
-                shape = (int(torch.tensor(shape).prod()),)
+            shape = flatten_if_needed(layers, shape)
             layers += [nn.Linear(shape[0], size), neuron((size,))]
             shape = (size,)
         else:
             raise ValueError(f"the conversion route supports C<n>, P<k> (average pool), FC<n> and D; "
                              f"got a {kind} layer in {list(spec)} (max pooling and SEW blocks do not "
                              "convert to IF neurons)")
-    if len(shape) != 1:
-        layers.append(nn.Flatten())
-        shape = (int(torch.tensor(shape).prod()),)
+    shape = flatten_if_needed(layers, shape)
     layers.append(nn.Linear(shape[0], num_classes))
     return ConvertibleNet(layers, in_shape, T)

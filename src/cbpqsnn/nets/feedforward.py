@@ -88,6 +88,22 @@ def parse_spec(spec: Sequence[str]) -> list[tuple[str, int, int]]:
     return parsed
 
 
+def conv_output_shape(shape: tuple[int, ...], channels: int, stride: int, spec: Sequence[str]
+                      ) -> tuple[int, int, int]:
+    """Shape after a 3x3, padding-1 conv to ``channels`` (an FC layer before it is an error)."""
+    if len(shape) != 3:
+        raise ValueError(f"conv layer C{channels} after a fully connected layer in {list(spec)}")
+    return (channels, (shape[1] - 1) // stride + 1, (shape[2] - 1) // stride + 1)
+
+
+def flatten_if_needed(layers: list[nn.Module], shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Append ``nn.Flatten`` before a fully connected layer when the input is a feature map."""
+    if len(shape) == 1:
+        return shape
+    layers.append(nn.Flatten())
+    return (int(torch.tensor(shape).prod()),)
+
+
 def build_spiking_net(
     spec: Sequence[str],
     in_shape: Sequence[int],
@@ -109,13 +125,12 @@ def build_spiking_net(
     shape = tuple(in_shape)
     for kind, size, stride in parse_spec(spec):
         if kind == "conv":
-            if len(shape) != 3:
-                raise ValueError(f"conv layer C{size} after a fully connected layer in {list(spec)}")
+            out_shape = conv_output_shape(shape, size, stride, spec)
             layers.append(nn.Conv2d(shape[0], size, 3, stride, 1, bias=bias))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(size))
             layers.append(neuron())
-            shape = (size, (shape[1] - 1) // stride + 1, (shape[2] - 1) // stride + 1)
+            shape = out_shape
         elif kind == "sew":
             if len(shape) != 3 or shape[0] != size:
                 raise ValueError(f"SEW{size} needs a {size}-channel feature map, got shape {shape} "
@@ -128,14 +143,10 @@ def build_spiking_net(
         elif kind == "dropout":
             layers.append(nn.Dropout(dropout))
         else:
-            if len(shape) != 1:
-                layers.append(nn.Flatten())
-                shape = (int(torch.tensor(shape).prod()),)
+            shape = flatten_if_needed(layers, shape)
             layers += [nn.Linear(shape[0], size, bias=bias), neuron()]
             shape = (size,)
-    if len(shape) != 1:
-        layers.append(nn.Flatten())
-        shape = (int(torch.tensor(shape).prod()),)
+    shape = flatten_if_needed(layers, shape)
     layers.append(nn.Linear(shape[0], num_classes, bias=bias if classifier_bias is None else classifier_bias))
     if spiking_output:
         layers.append(neuron())
