@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from cbpqsnn.conversion import (
@@ -22,6 +23,7 @@ from cbpqsnn.conversion import (
     spiking_means,
 )
 from cbpqsnn.conversion.neuron import IFNeuron
+from cbpqsnn.evaluation import evaluate_run
 from cbpqsnn.methods.calib import CalibClassifier
 from cbpqsnn.neurons import ATan, spike
 from cbpqsnn.pipeline import run
@@ -204,7 +206,7 @@ def test_calib_config_picks_the_mnist_ann_and_vgg16_builds():
         build_convertible_net(["C4", "M2"], (1, 8, 8), 3, 2)
 
 
-def test_tiny_pipeline_run_records_the_calibration_levels(tiny_cfg, tmp_path):
+def test_tiny_pipeline_run_records_the_calibration_levels(tiny_cfg, tmp_path, monkeypatch):
     spec = ["C4s2", "C8s2", "FC16"]
     cfg = tiny_cfg("method=calib", f"model.spec=[{','.join(spec)}]", "method.module.T=4",
                    "method.module.finetune_T=3", "method.module.eval_batches=1",
@@ -222,3 +224,17 @@ def test_tiny_pipeline_run_records_the_calibration_levels(tiny_cfg, tmp_path):
     fresh.load_state_dict(torch.load(tmp_path / "quantized.pt"))
     assert fresh.net.is_spiking and fresh.net.T == 3
     assert all(float(n.threshold) == 1.0 for n in fresh.net.neurons)
+    # re-evaluating the FP32 weights converts the ANN again, as the run did before fp32_acc
+    (tmp_path / ".hydra").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml", resolve=False)
+    converted = []
+    original = CalibClassifier.on_pretraining_end
+
+    def spy(self, datamodule):
+        result = original(self, datamodule)
+        converted.append(self.net.is_spiking)
+        return result
+
+    monkeypatch.setattr(CalibClassifier, "on_pretraining_end", spy)
+    assert evaluate_run(tmp_path, "fp32") == pytest.approx(summary["fp32_acc"])
+    assert converted == [True]

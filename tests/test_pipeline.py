@@ -117,3 +117,28 @@ def test_cli_unknown_option_lists_the_available_ones():
     assert result.returncode != 0
     assert "Could not find 'method/nosuch'" in result.stderr
     assert "stbp" in result.stderr  # the available options are listed
+
+
+@pytest.mark.parametrize("method", ["stbp", "sg", "tsslbp"])
+def test_the_method_runs_as_many_steps_as_the_event_data_has_frames(method):
+    from tests.conftest import compose
+
+    assert compose([f"method={method}", "data=nmnist"]).method.module.T == 16
+    assert compose([f"method={method}", "data=nmnist", "data.datamodule.T=6"]).method.module.T == 6
+    assert compose([f"method={method}"]).method.module.T == (5 if method == "tsslbp" else 4)
+
+
+def test_event_data_and_method_disagreeing_on_T_is_a_clear_error(tmp_path):
+    from types import SimpleNamespace
+
+    from cbpqsnn.data.frames import FrameSpec
+    from cbpqsnn.pipeline import build_module
+    from tests.conftest import compose
+
+    cfg = compose(["method=sg", "data=nmnist", "method.module.T=8"])
+    datamodule = SimpleNamespace(spec=FrameSpec.make(16, (34, 34), None), in_shape=(2, 34, 34),
+                                 num_classes=10)
+    with pytest.raises(ValueError, match=r"T = 16 frames .* method.module.T = 8"):
+        build_module(cfg, datamodule)
+    datamodule.spec = FrameSpec.make(8, (34, 34), None)
+    assert build_module(cfg, datamodule).net is not None

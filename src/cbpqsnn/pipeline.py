@@ -36,6 +36,14 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
 
 def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> SpikingClassifier:
     method_cfg = OmegaConf.to_container(cfg.method.module, resolve=True)
+    frames = getattr(getattr(datamodule, "spec", None), "T", None)
+    if frames is not None and int(method_cfg["T"]) != int(frames):
+        raise ValueError(
+            f"the event data gives T = {frames} frames per sample but method.module.T = "
+            f"{method_cfg['T']}; set both to the same value (e.g. data.datamodule.T={method_cfg['T']} "
+            "or method.module.T=" f"{frames}; to train on a subset of the frames use "
+            "method.module.train_time_steps)"
+        )
     cls = get_class(method_cfg.pop("_target_"))
     return cls(model=OmegaConf.to_container(cfg.model, resolve=True),
                in_shape=tuple(datamodule.in_shape), num_classes=int(datamodule.num_classes),
