@@ -1,0 +1,23 @@
+"""The compute-per-row benchmark runs and prints one line per stage plus a total."""
+
+import subprocess
+import sys
+
+from tests.conftest import ROOT
+
+
+def test_compute_per_row_prints_stage_hours_and_flops():
+    cmd = [sys.executable, str(ROOT / "benchmarks/compute_per_row.py"), "--rows", "stbp_cifar10_cpu",
+           "--steps", "1", "--threads", "1"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if "stbp_cifar10_cpu" in line]
+    assert [r[1].strip() for r in rows] == ["pretrain", "cbp", "total"]
+    pretrain, cbp, total = rows
+    assert (int(pretrain[2]), int(pretrain[3]), int(cbp[3])) == (4, 6, 11)  # T, epochs from the config
+    hours = [float(r[6]) for r in rows]
+    flops = [float(r[7]) for r in rows]
+    assert all(h > 0 for h in hours) and all(f > 0 for f in flops)
+    assert abs(hours[0] + hours[1] - hours[2]) < 0.02 * hours[2]
+    # FLOPs scale with epochs: 11 CBP epochs of the same network cost 11/6 of 6 pretraining epochs
+    assert abs(flops[1] / flops[0] - 11 / 6) < 0.05
