@@ -53,9 +53,8 @@ class ShapeOnly:
 
     def __init__(self, cfg) -> None:
         self.num_classes = NUM_CLASSES[cfg.data.name]
-        size = cfg.data.datamodule.get("size")
-        self.in_shape = (3, 32, 32) if "cifar1" in cfg.data.name and "dvs" not in cfg.data.name \
-            else (2, size or 128, size or 128)
+        size = cfg.data.datamodule.get("size") or 128  # event data has T frames; CIFAR has none
+        self.in_shape = (2, size, size) if "T" in cfg.data.datamodule else (3, 32, 32)
 
 
 def compose_row(row: str):
