@@ -238,3 +238,102 @@ def test_tiny_pipeline_run_records_the_calibration_levels(tiny_cfg, tmp_path, mo
     monkeypatch.setattr(CalibClassifier, "on_pretraining_end", spy)
     assert evaluate_run(tmp_path, "fp32") == pytest.approx(summary["fp32_acc"])
     assert converted == [True]
+
+
+VGG16 = ["C64", "C64", "P2", "C128", "C128", "P2", "C256", "C256", "C256", "P2",
+         "C512", "C512", "C512", "P2", "C512", "C512", "C512", "P2"]
+
+
+def input_dependent_share(out: torch.Tensor) -> float:
+    """Spread of the outputs over the batch relative to their magnitude."""
+    return float((out - out.mean(0)).std() / out.abs().mean().clamp_min(1e-30))
+
+
+@torch.no_grad()
+def test_reference_init_makes_the_bn_free_vgg16_logits_depend_on_the_input():
+    x = torch.randn(8, 3, 32, 32)
+    shares = {}
+    for init in ("reference", "torch"):
+        torch.manual_seed(0)
+        net = build_convertible_net(VGG16, (3, 32, 32), 10, 4, conv_dropout=0.25, spiking_pool=True,
+                                    init=init).eval()
+        shares[init] = input_dependent_share(net.analog_forward(x))
+    # measured: reference 5e-2, PyTorch's default 8e-7 (the signal dies in 15 BN-free layers)
+    assert shares["reference"] > 1e-2 and shares["torch"] < 1e-4, shares
+    torch.manual_seed(0)
+    net = build_convertible_net(VGG16, (3, 32, 32), 10, 4, spiking_pool=True, init="reference")
+    conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d) and m.out_channels == 512)
+    assert float(conv.weight.std()) == pytest.approx((2 / (9 * 512)) ** 0.5, rel=0.02)
+    assert float(net.classifier.weight.std()) == pytest.approx(1 / 512, rel=0.1)
+    assert all(float(m.bias.abs().max()) == 0 for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    with pytest.raises(ValueError, match="valid choices"):
+        build_convertible_net(VGG16, (3, 32, 32), 10, 4, init="kaiming")
+
+
+def test_spiking_pool_is_a_fixed_conv_with_its_own_neuron_and_is_never_quantized():
+    from cbpqsnn.conversion.network import AvgPoolConv
+    from cbpqsnn.quant.selection import select_layers
+
+    module = CalibClassifier(model={"spec": VGG16, "conv_dropout": 0.25, "spiking_pool": True,
+                                    "init": "reference"}, in_shape=(3, 32, 32), num_classes=10, T=2)
+    net = module.net
+    pools = [i for i, m in enumerate(net.layers) if isinstance(m, AvgPoolConv)]
+    assert len(pools) == 5 and all(isinstance(net.layers[i + 1], IFNeuron) for i in pools)
+    assert len(net.neurons) == 13 + 5
+    assert not any(isinstance(m, nn.AvgPool2d) for m in net.modules())
+    # buffers only: no optimizer step, no CBP layer, no FP32-parameter memory
+    assert all(len(list(net.layers[i].parameters())) == 0 for i in pools)
+    assert len(select_layers(module)) == 12  # 13 convs + classifier, first and last FP32
+    # in the ANN the pool conv + ReLU is exactly the average pool
+    plain = build_convertible_net(VGG16, (3, 32, 32), 10, 2, conv_dropout=0.25)
+    for a, b in zip((m for m in net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))),
+                    (m for m in plain.modules() if isinstance(m, (nn.Conv2d, nn.Linear))), strict=True):
+        b.load_state_dict(a.state_dict())
+    net.eval(), plain.eval()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net.analog_forward(x), plain.analog_forward(x))
+
+
+@torch.no_grad()
+def test_pool_neuron_gets_its_own_threshold_and_the_rescaling_folds_it_into_the_pool_weight():
+    net = small_net(("C8", "P2", "FC16"), spiking_pool=True)
+    batches = [torch.randn(32, 1, 8, 8)]
+    result = convert(net, batches, ConversionSettings(calibration="light", report_levels=()))
+    conv_v, pool_v, fc_v = result.thresholds
+    assert pool_v != conv_v  # searched on the pool's own (averaged) output
+    pool = net.layers[2]
+    torch.testing.assert_close(pool.weight, torch.full_like(pool.weight, 0.25 * conv_v / pool_v))
+
+
+def test_conv_dropout_follows_the_neuron_and_drops_output_spikes():
+    torch.manual_seed(0)
+    net = build_convertible_net(["C8", "FC16"], (1, 8, 8), 3, 6, conv_dropout=0.5)
+    kinds = [type(m).__name__ for m in net.layers]
+    assert kinds[:3] == ["Conv2d", "IFNeuron", "Dropout"]
+    net.set_spiking(True)
+    net.train()
+    seen = []
+    net.layers[2].register_forward_hook(lambda m, inp, out: seen.append((inp[0], out)))
+    net(torch.rand(4, 1, 8, 8) * 3)
+    spikes, dropped = seen[0]
+    assert set(spikes.unique().tolist()) <= {0.0, 1.0}  # the neuron's output, threshold 1
+    assert set(dropped.unique().tolist()) <= {0.0, 2.0}  # spikes kept (x 1/(1-p)) or dropped
+    assert ((spikes == 1) & (dropped == 0)).any()
+
+
+@torch.no_grad()
+def test_none_level_uses_the_maximum_activation_and_light_the_mse_search():
+    net = small_net(("FC20",), in_shape=(10,), T=4)
+    batches = [torch.randn(64, 10), torch.randn(64, 10)]
+    maxima = []
+    for x in batches:
+        acts = []
+        net.analog_forward(x, acts)
+        maxima.append(float(acts[0].max()))
+    none = convert(small_net(("FC20",), in_shape=(10,), T=4), batches,
+                   ConversionSettings(calibration="none", report_levels=()))
+    assert none.thresholds[0] == pytest.approx(0.9 * maxima[0] + 0.1 * maxima[1], rel=1e-6)
+    light = convert(small_net(("FC20",), in_shape=(10,), T=4), batches,
+                    ConversionSettings(calibration="light", report_levels=()))
+    assert light.thresholds[0] < 0.95 * none.thresholds[0]  # the MSE search clips the tail

@@ -1,7 +1,9 @@
 """ANN -> SNN conversion with calibration (Li et al. 2021), as one procedure:
 
 1. fold batch-norm into the convs;
-2. per-layer thresholds by the clip-floor grid search over a few training batches (momentum);
+2. per-layer thresholds over a few training batches (momentum): the maximum activation for the
+   ``none`` level, the clip-floor grid search for ``light`` / ``advanced`` (``THRESHOLD_RULE``, as
+   the reference ``main_calibration_quantize_cbp.py`` does: ``mse = False if calib == 'none'``);
 3. switch to the spiking mode and calibrate on one batch: ``none`` -> ``light`` (bias correction)
    -> ``advanced`` (also potential correction), evaluating each level asked for;
 4. keep the chosen level and rescale every threshold to 1 (the SNN that CBP fine-tunes).
@@ -27,6 +29,7 @@ from cbpqsnn.conversion.network import ConvertibleNet
 from cbpqsnn.conversion.threshold import ThresholdGrid, ThresholdTracker
 
 LEVELS = ("none", "light", "advanced")
+THRESHOLD_RULE = {"none": "max", "light": "mse", "advanced": "mse"}  # per calibration level
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,10 @@ class ConversionResult:
 
 @torch.no_grad()
 def set_thresholds(net: ConvertibleNet, batches: Sequence[Tensor],
-                   settings: ConversionSettings) -> list[float]:
-    """Threshold of every IF neuron from the ANN's ReLU outputs on ``batches`` (at ``net.T``)."""
-    trackers = [ThresholdTracker(net.T, settings.grid, settings.momentum, settings.dead_threshold)
+                   settings: ConversionSettings, rule: str = "mse") -> list[float]:
+    """Threshold of every IF neuron from the ANN's ReLU outputs on ``batches`` (at ``net.T``) by
+    ``rule`` (``mse`` | ``max``)."""
+    trackers = [ThresholdTracker(net.T, settings.grid, settings.momentum, settings.dead_threshold, rule)
                 for _ in net.neurons]
     for x in batches:
         activations: list[Tensor] = []
@@ -96,12 +100,17 @@ def convert(net: ConvertibleNet, batches: Sequence[Tensor], settings: Conversion
     was_training = net.training
     net.eval()
     folded = fold_batch_norms(net)
-    thresholds = set_thresholds(net, batches, settings)
     ann_means = analog_means(net, batches[0])
     net.set_spiking(True)
     accuracy: dict[str, float] = {}
     kept: dict[str, Tensor] | None = None
+    rule = None
     for level in settings.levels_to_run:
+        if THRESHOLD_RULE[level] != rule:  # levels before hold no correction yet: thresholds only
+            rule = THRESHOLD_RULE[level]
+            set_thresholds(net, batches, settings, rule)
+        if level == settings.calibration:
+            thresholds = [float(n.threshold) for n in net.neurons]
         if level in CALIBRATIONS:
             CALIBRATIONS[level](net, batches[0], ann_means)
         if evaluate is not None and level in settings.report_levels:

@@ -1,18 +1,27 @@
 """The network of the conversion route: one module that runs as the ANN or as the converted SNN.
 
 Spec tokens are those of :func:`cbpqsnn.nets.feedforward.parse_spec`: ``C<n>`` (3x3 conv, bias,
-optional batch-norm and dropout, then an activation), ``P<k>`` (average pool), ``FC<n>`` (linear,
-then an activation), ``D`` (dropout). The analog classifier ``Linear -> classes`` is appended.
+optional batch-norm, then an activation, then optional dropout), ``P<k>`` (average pool: a fixed
+pooling conv followed by its own activation, or a plain ``AvgPool2d``), ``FC<n>`` (linear, then an
+activation), ``D`` (dropout). The analog classifier ``Linear -> classes`` is appended.
 Every activation is an :class:`IFNeuron`: ReLU in the analog (ANN) mode, integrate-and-fire in the
 spiking mode. The mode, the thresholds and the initial potentials are buffers, so a converted
 network's ``state_dict`` restores it strictly into a freshly built one.
+
+The VGG-16 of the CBP-QSNN paper rows follows the authors' code (``yoees/CBP-QSNN``,
+``CBP-QSNN-SNN-Calibration/CIFAR/models/vgg.py`` and ``spiking_layer.py``): every average pool is a
+fixed depthwise 2x2 conv followed by a spiking neuron (``AvgPoolConv``; :class:`AvgPoolConv` here),
+the dropout of the BN-free net follows the neuron (it drops output spikes in the SNN), and the
+weights start from ``init="reference"`` (:func:`reference_init`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cbpqsnn.conversion.neuron import IFNeuron
@@ -22,7 +31,34 @@ from cbpqsnn.neurons import seq_apply
 # called before a neuron fires in the spiking pass: (neuron index, neuron, input current [T, B, ...])
 # -> the input current to use (calibration corrects biases and potentials through it)
 NeuronHook = Callable[[int, "IFNeuron", Tensor], Tensor]
-SYNAPSES = (nn.Conv2d, nn.Linear)  # layers that feed a neuron
+INITS = ("reference", "torch")
+
+
+class AvgPoolConv(nn.Module):
+    """Average pool written as a fixed depthwise conv (``yoees/CBP-QSNN`` ``AvgPoolConv``), so that
+    the pool gets its own neuron, threshold, calibration and rescaling:
+    ``y = conv2d(x, W, b, stride=k, groups=C)`` with ``W = 1/k^2`` at build time.
+
+    ``weight`` and ``bias`` are buffers, not parameters: never trained, never quantized (cbp.md
+    section 1), but bias correction shifts ``bias`` and the rescaling to unit thresholds scales
+    ``weight`` (``W <- W V_prev / V``), as for any layer that feeds a neuron.
+    """
+
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.kernel_size = int(kernel_size)
+        self.register_buffer("weight", torch.full((channels, 1, kernel_size, kernel_size),
+                                                  1.0 / kernel_size**2))
+        self.register_buffer("bias", torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.conv2d(x, self.weight, self.bias, stride=self.kernel_size, groups=self.weight.shape[0])
+
+    def extra_repr(self) -> str:
+        return f"channels={self.weight.shape[0]}, kernel_size={self.kernel_size}"
+
+
+SYNAPSES = (nn.Conv2d, nn.Linear, AvgPoolConv)  # layers that feed a neuron
 
 
 class ConvertibleNet(nn.Module):
@@ -140,7 +176,6 @@ class ConvertibleNet(nn.Module):
         return self.analog_forward(x).unsqueeze(0)
 
 
-
 def build_convertible_net(
     spec: Sequence[str],
     in_shape: Sequence[int],
@@ -150,14 +185,21 @@ def build_convertible_net(
     conv_dropout: float = 0.0,
     dropout: float = 0.0,
     neuron: Callable[[tuple[int, ...]], IFNeuron] = IFNeuron,
+    spiking_pool: bool = False,
+    init: str = "torch",
 ) -> ConvertibleNet:
     """Build a :class:`ConvertibleNet` from ``spec`` for inputs ``in_shape`` (C, H, W).
 
     Every conv / linear has a bias (calibration shifts it; BN folds into it). ``conv_dropout``
-    (> 0) puts a dropout between every conv and its activation (the reference VGG without BN);
-    ``D`` tokens use ``dropout``. ``neuron(shape)`` builds the activation of a layer whose
-    output has ``shape`` (without the batch).
+    (> 0) puts a dropout after every conv's activation (the reference VGG without BN: in the ANN
+    ``dropout(ReLU(x)) = ReLU(dropout(x))``; in the SNN it drops output spikes); ``D`` tokens use
+    ``dropout``. ``spiking_pool``: ``P<k>`` is an :class:`AvgPoolConv` followed by a neuron (the
+    CBP-QSNN VGG) instead of a plain ``AvgPool2d``. ``neuron(shape)`` builds the activation of a
+    layer whose output has ``shape`` (without the batch). ``init``: ``reference``
+    (:func:`reference_init`) or ``torch`` (PyTorch's default).
     """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; valid choices: {list(INITS)}")
     layers: list[nn.Module] = []
     shape = tuple(in_shape)
     for kind, size, stride in parse_spec(spec):
@@ -166,13 +208,17 @@ def build_convertible_net(
             layers.append(nn.Conv2d(shape[0], size, 3, stride, 1, bias=True))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(size))
-            if conv_dropout > 0:
-                layers.append(nn.Dropout(conv_dropout))
             shape = out_shape
             layers.append(neuron(shape))
+            if conv_dropout > 0:
+                layers.append(nn.Dropout(conv_dropout))
         elif kind == "avgpool":
-            layers.append(nn.AvgPool2d(size))
-            shape = (shape[0], shape[1] // size, shape[2] // size)
+            pooled = (shape[0], shape[1] // size, shape[2] // size)
+            if spiking_pool:
+                layers += [AvgPoolConv(shape[0], size), neuron(pooled)]
+            else:
+                layers.append(nn.AvgPool2d(size))
+            shape = pooled
         elif kind == "dropout":
             layers.append(nn.Dropout(dropout))
         elif kind == "fc":
@@ -185,4 +231,27 @@ def build_convertible_net(
                              "convert to IF neurons)")
     shape = flatten_if_needed(layers, shape)
     layers.append(nn.Linear(shape[0], num_classes))
-    return ConvertibleNet(layers, in_shape, T)
+    net = ConvertibleNet(layers, in_shape, T)
+    if init == "reference":
+        reference_init(net)
+    return net
+
+
+@torch.no_grad()
+def reference_init(net: nn.Module) -> None:
+    """The SNN-Calibration / CBP-QSNN VGG init (``yoees/CBP-QSNN``
+    ``CBP-QSNN-SNN-Calibration/CIFAR/models/vgg.py``, from ``yhhhli/SNN_Calibration``): conv
+    weights ``N(0, sqrt(2 / (k_h k_w C_out)))``, linear weights ``N(0, 1 / n_in)`` (standard
+    deviation ``1/n_in``, as written there), BN weight 1, every bias 0. The fixed pooling convs are
+    buffers and keep ``1/k^2``. Without batch-norm, PyTorch's default init barely passes the input
+    through 15 layers (the logits hardly depend on it)."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            m.weight.normal_(0.0, math.sqrt(2.0 / fan_out))
+        elif isinstance(m, nn.Linear):
+            m.weight.normal_(0.0, 1.0 / m.in_features)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.fill_(1.0)
+        if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)) and m.bias is not None:
+            m.bias.zero_()

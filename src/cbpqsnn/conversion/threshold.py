@@ -1,5 +1,8 @@
-"""Per-layer firing thresholds of the converted SNN (Li et al. 2021): grid search on the clip-floor
-quantization error of the ReLU output, averaged over a few batches with momentum."""
+"""Per-layer firing thresholds of the converted SNN (Li et al. 2021), averaged over a few batches
+with momentum. Two rules (``THRESHOLD_RULES``), as in the reference ``get_maximum_activation``
+(``yoees/CBP-QSNN`` ``CBP-QSNN-SNN-Calibration/CIFAR/models/spiking_layer.py``): ``mse``, the grid
+search on the clip-floor quantization error of the ReLU output (light / advanced calibration), and
+``max``, the maximum activation (the reference's "none" level, ``mse = False``)."""
 
 from __future__ import annotations
 
@@ -49,14 +52,21 @@ def search_threshold(activation: Tensor, T: int, grid: ThresholdGrid = Threshold
     return candidates[int(torch.argmin(errors))]
 
 
+THRESHOLD_RULES = ("mse", "max")
+
+
 class ThresholdTracker:
     """Running threshold of one layer over calibration batches:
-    ``V <- momentum * V + (1 - momentum) * V_batch`` (the first batch sets ``V``)."""
+    ``V <- momentum * V + (1 - momentum) * V_batch`` (the first batch sets ``V``); ``V_batch`` is
+    :func:`search_threshold` (``rule="mse"``) or the batch's maximum activation (``rule="max"``)."""
 
     def __init__(self, T: int, grid: ThresholdGrid = ThresholdGrid(), momentum: float = 0.9,
-                 dead_threshold: float = 1.0) -> None:
+                 dead_threshold: float = 1.0, rule: str = "mse") -> None:
         if not 0 <= momentum < 1:
             raise ValueError(f"threshold momentum must be in [0, 1), got {momentum}")
+        if rule not in THRESHOLD_RULES:
+            raise ValueError(f"unknown threshold rule {rule!r}; valid choices: {list(THRESHOLD_RULES)}")
+        self.rule = rule
         self.T = int(T)
         self.grid = grid
         self.momentum = float(momentum)
@@ -64,7 +74,10 @@ class ThresholdTracker:
         self.value: Tensor | None = None
 
     def update(self, activation: Tensor) -> Tensor:
-        v = search_threshold(activation, self.T, self.grid)
+        if self.rule == "mse":
+            v = search_threshold(activation, self.T, self.grid)
+        else:
+            v = activation.max().clamp(min=0)
         self.value = v if self.value is None else self.momentum * self.value + (1 - self.momentum) * v
         return self.value
 

@@ -61,7 +61,9 @@ class CalibClassifier(SpikingClassifier):
         return build_convertible_net(model["spec"], in_shape, num_classes, T,
                                      batch_norm=model.get("batch_norm", False),
                                      conv_dropout=model.get("conv_dropout", 0.0),
-                                     dropout=model.get("dropout", 0.0), neuron=neuron)
+                                     dropout=model.get("dropout", 0.0), neuron=neuron,
+                                     spiking_pool=model.get("spiking_pool", False),
+                                     init=model.get("init", "torch"))
 
     def readout(self, out: Tensor) -> Tensor:
         return out.sum(0)
