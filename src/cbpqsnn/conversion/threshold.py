@@ -48,7 +48,11 @@ def search_threshold(activation: Tensor, T: int, grid: ThresholdGrid = Threshold
     if max_act <= 0:
         return torch.zeros((), dtype=activation.dtype, device=activation.device)
     candidates = grid.candidates(max_act)
-    errors = torch.stack([quantization_error(activation, T, v) for v in candidates])
+    # zeros (most ReLU outputs) are expressed exactly by every candidate: the error sums over the
+    # positive outputs only, divided by the full count -- the same mean, several times faster
+    positive = activation[activation > 0]
+    scale = positive.numel() / activation.numel()
+    errors = torch.stack([quantization_error(positive, T, v) * scale for v in candidates])
     return candidates[int(torch.argmin(errors))]
 
 
