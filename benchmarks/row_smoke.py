@@ -1,0 +1,356 @@
+"""Does every paper row learn? Each row's exact network, neuron constants, loss, optimizer and LR
+(``conf/experiment/<row>.yaml``, composed as ``train.py`` would) trained for a short budget on the
+real data that is here, then tested.
+
+    .venv/bin/python benchmarks/row_smoke.py [--rows stbp_cifar10,calib_cifar10,...]
+        [--shared ../shared/data] [--out logs/row_smoke] [--scale 1.0]
+
+Real data (unpacked from ``--shared`` into ``data/`` on first use):
+
+- CIFAR rows (``tsslbp_cifar10``, ``stbp_cifar10/100``, ``calib_cifar10/100``): the CIFAR-10 JPEG
+  copy, a stratified 10,000-image training subset (1,000 per class, fixed seed) and the test
+  images (a stratified subset where the row's forward is too heavy for a CPU: the table says how
+  many; the converted SNNs at T = 32 on a smaller one). The CIFAR-100 rows keep their 100-way head
+  and CIFAR-100 normalization, on CIFAR-10 labels (chance is still 1/10).
+- DVS rows (``sg_dvs128_gesture``, ``sg_cifar10dvs``): real N-MNIST recordings (1,000 train /
+  100 test) as the rows' T = 16 equal-event-count frames, placed on the rows' 128x128 sensor grid
+  by nearest-neighbour upsampling of the 34x34 frames (each sensor pixel becomes a block of 3-4
+  pixels, so a digit fills the grid as a gesture fills the DVS128 sensor; 7B-Net's seven 2x2
+  max-pools need the 128-pixel side). The gesture row keeps its 11-way head (chance 1/10).
+
+Per row: the FP32 (pretraining) stage's optimizer, scheduler and clipping from the row config,
+for a fixed training time (``BUDGETS``) (Lightning ``Trainer.fit`` on the row's module, so
+method hooks such as TSSL-BP's weight clamp run as in a real run); then test accuracy. ``calib``
+rows: the ANN stage, then the row's own conversion (``on_pretraining_end``: thresholds,
+calibration at the row's T = 32; the threshold search on 5 batches of 32 images, not 128) and the
+converted SNN's accuracy per calibration level. Rows
+named ``<row>@torch_init`` are the calib rows with PyTorch's default init (``model.init=torch``),
+the network before the reference init.
+
+Recorded: training loss over the steps (mean of the first and last fifth), |grad| / |w| of the
+first layer (first and last fifth), median step time, test accuracy, chance level, and the steps
+of the full published pretraining (``steps_full``) with the hours they would take at the measured
+CPU step. Writes ``<out>/row_smoke.json`` and ``<out>/row_smoke.md`` (the table), row by row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import tarfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import Dataset, Subset
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import lightning as L  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from cbpqsnn.pipeline import build_datamodule, build_module  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of a row runs here: ``minutes`` of FP32-stage training (Lightning ``max_time``;
+    the steps it reaches are recorded) at ``batch`` images per step (None: the row's own batch
+    size), then ``test`` test images (None: the whole test set); calib rows: ``snn_test`` images
+    for each converted-SNN level at T = 32."""
+
+    minutes: float
+    batch: int | None = None
+    test: int | None = None
+    snn_test: int = 100
+
+
+# About 60 minutes for all rows on 2 CPU cores, evaluation included. A training step of the heavy
+# rows takes seconds here (7Conv3FC at T = 8: about 50 GFLOP per image; TSSL-BP's net at T = 5:
+# about 18), so they run smaller batches than published -- the optimizer, its learning rate,
+# the network, neuron, loss and everything else are the row's -- to fit more steps in the budget.
+BUDGETS: dict[str, Budget] = {
+    "tsslbp_cifar10": Budget(minutes=6, batch=10, test=500),
+    "stbp_cifar10": Budget(minutes=6, batch=8, test=200),
+    "stbp_cifar100": Budget(minutes=6, batch=8, test=200),
+    "sg_dvs128_gesture": Budget(minutes=5, batch=8),
+    "sg_cifar10dvs": Budget(minutes=5, batch=4),
+    "calib_cifar10": Budget(minutes=4, batch=32, test=1000),
+    "calib_cifar100": Budget(minutes=4, batch=32, test=1000),
+    "calib_cifar10@torch_init": Budget(minutes=4, batch=32, test=1000),
+    "calib_cifar100@torch_init": Budget(minutes=4, batch=32, test=1000),
+}
+VARIANTS = {"torch_init": ["model.init=torch"]}
+CIFAR_TRAIN_SUBSET = 10_000
+DVS_SIDE = 128
+ARCHIVES = {"cifar10-jpeg": "cifar10-jpeg.tar.gz", "NMNIST": "nmnist-1k.tar.gz"}
+
+
+# -- data ----------------------------------------------------------------------------------------
+def unpack(shared: Path, data_dir: Path) -> None:
+    """``data/cifar10-jpeg/{train,test}`` and ``data/NMNIST/{Train,Test}`` from the shared copies."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not (data_dir / "cifar10-jpeg" / "test").is_dir():
+        with tarfile.open(shared / ARCHIVES["cifar10-jpeg"]) as tar:
+            tar.extractall(data_dir / "cifar10-jpeg", filter="data")
+    if not (data_dir / "NMNIST" / "Test").is_dir():
+        with tarfile.open(shared / ARCHIVES["NMNIST"]) as tar:
+            tar.extractall(data_dir, filter="data")
+
+
+def stratified_subset(dataset: Dataset, labels: list[int], per_class: int, seed: int = 0) -> Subset:
+    """``per_class`` samples of every class, drawn with a fixed seed."""
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed)).tolist()
+    taken: dict[int, int] = {}
+    keep = []
+    for i in order:
+        if taken.get(labels[i], 0) < per_class:
+            taken[labels[i]] = taken.get(labels[i], 0) + 1
+            keep.append(i)
+    return Subset(dataset, sorted(keep))
+
+
+class UpsampledFrames(Dataset):
+    """Event frames ``[T, 2, h, w]`` placed on a ``side x side`` grid (nearest neighbour)."""
+
+    def __init__(self, frames: Dataset, side: int) -> None:
+        self.frames, self.side = frames, side
+        self.labels = frames.labels
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        x, y = self.frames[index]
+        return F.interpolate(x, size=(self.side, self.side), mode="nearest"), y
+
+
+def row_config(row: str, data_dir: Path) -> DictConfig:
+    name, _, variant = row.partition("@")
+    overrides = [f"experiment={name}", f"paths.data_dir={data_dir}", "logger=csv",
+                 "trainer.enable_progress_bar=false"]
+    if name.startswith("sg_"):  # the DVS rows' networks on N-MNIST frames
+        overrides += ["data=nmnist", "data.datamodule.T=16", "data.datamodule.num_workers=2"]
+    else:  # CIFAR-10 images; CIFAR-100 rows keep their normalization and their 100-way head
+        overrides += ["data.datamodule.dataset=cifar10", "data.datamodule.layout=folders",
+                      "data.datamodule.num_workers=1"]
+    if name.startswith("calib_"):  # conversion on the CPU, two levels (each costs a T=32 test);
+        # the threshold search's 5 batches of 32 instead of 128 images (its grid of 95 candidates
+        # over every activation is most of the conversion's CPU time)
+        overrides += ["method.module.conversion_device=cpu", "method.module.report_levels=[none,light]",
+                      "method.module.calibration_batch_size=32"]
+    overrides += VARIANTS.get(variant, [])
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def head_classes(row: str) -> int:
+    """The row's own number of classes (its head), whatever data feeds it here."""
+    return 100 if "cifar100" in row else 11 if "dvs128_gesture" in row else 10
+
+
+def full_train_size(row: str) -> int:
+    """Training samples of the row's real dataset (for the full-recipe step count)."""
+    return 1176 if "dvs128_gesture" in row else 9000 if "cifar10dvs" in row else 50_000
+
+
+def labels_of(dataset: Dataset) -> list[int]:
+    if isinstance(dataset, Subset):
+        return [labels_of(dataset.dataset)[i] for i in dataset.indices]
+    return list(dataset.targets)
+
+
+def prepare(cfg: DictConfig, budget: Budget, head: int) -> L.LightningDataModule:
+    datamodule = build_datamodule(cfg)
+    datamodule.setup("fit")
+    train, test = datamodule.train_set, datamodule.test_set
+    if hasattr(train, "targets"):  # CIFAR ImageFolder
+        train = stratified_subset(train, train.targets, CIFAR_TRAIN_SUBSET // 10)
+        if budget.test is not None:
+            test = stratified_subset(test, test.targets, budget.test // 10)
+    else:  # event frames on the 128 x 128 grid
+        train, test = UpsampledFrames(train, DVS_SIDE), UpsampledFrames(test, DVS_SIDE)
+        datamodule.in_shape = (2, DVS_SIDE, DVS_SIDE)
+    datamodule.train_set, datamodule.test_set = train, test
+    datamodule.num_classes = head
+    return datamodule
+
+
+# -- training ------------------------------------------------------------------------------------
+class StepRecorder(L.Callback):
+    """Per optimizer step: the training loss, |grad| / |w| of the first layer, the wall time."""
+
+    def __init__(self, first: nn.Module) -> None:
+        self.first = first
+        self.loss: list[float] = []
+        self.grad_ratio: list[float] = []
+        self.step_time: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._start = time.perf_counter()
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule,
+                                 optimizer: torch.optim.Optimizer) -> None:
+        w = self.first.weight
+        self.grad_ratio.append(float(w.grad.norm() / w.norm()) if w.grad is not None else 0.0)
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        self.step_time.append(time.perf_counter() - self._start)
+        self.loss.append(float(outputs["loss"]))
+
+
+def first_layer(module: nn.Module) -> nn.Module:
+    return next(m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+                and m.weight.requires_grad)
+
+
+def train(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
+          minutes: float, batch: int, max_steps: int = -1) -> StepRecorder:
+    stage = cfg.method.pretrain
+    datamodule.batch_size = int(batch)
+    scheduler = instantiate(stage.scheduler) if stage.get("scheduler") else None
+    module.set_optimization(instantiate(stage.optimizer), scheduler)
+    recorder = StepRecorder(first_layer(module))
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=max_steps,
+                        max_time={"seconds": round(60 * minutes)}, max_epochs=-1, logger=False,
+                        enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=[recorder],
+                        gradient_clip_val=stage.get("gradient_clip_val"),
+                        gradient_clip_algorithm=stage.get("gradient_clip_algorithm"))
+    trainer.fit(module, datamodule=datamodule)
+    return recorder
+
+
+@torch.inference_mode()
+def test_accuracy(module: L.LightningModule, datamodule: L.LightningDataModule) -> float:
+    module.eval()
+    correct = total = 0
+    for x, y in datamodule.test_dataloader():
+        correct += int((module(x).argmax(1) == y).sum())
+        total += y.numel()
+    return 100.0 * correct / total
+
+
+def fifth_means(values: list[float]) -> tuple[float, float]:
+    n = max(1, len(values) // 5)
+    return statistics.fmean(values[:n]), statistics.fmean(values[-n:])
+
+
+@dataclass
+class RowResult:
+    row: str
+    steps: int
+    batch: int
+    train_samples: int
+    test_samples: int
+    chance: float
+    test_acc: float
+    loss_first: float
+    loss_last: float
+    grad_ratio_first: float
+    grad_ratio_last: float
+    step_s: float
+    steps_full: int
+    cpu_hours_full: float
+    wall_s: float
+    snn_acc: dict[str, float] = field(default_factory=dict)
+    snn_test_samples: int = 0
+
+
+def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1) -> RowResult:
+    start = time.time()
+    cfg = row_config(row, data_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = prepare(cfg, budget, head_classes(row))
+    module = build_module(cfg, datamodule)
+    batch = budget.batch or int(cfg.method.pretrain.batch_size)
+    recorder = train(cfg, module, datamodule, budget.minutes, batch, max_steps)
+    acc = test_accuracy(module, datamodule)
+    test_samples = len(datamodule.test_set)
+    snn_acc: dict[str, float] = {}
+    if cfg.method.name == "calib":  # the row's own conversion at its T, on a test subset
+        test = datamodule.test_set
+        datamodule.test_set = stratified_subset(test, labels_of(test), budget.snn_test // 10)
+        snn_acc = module.on_pretraining_end(datamodule)["snn_acc"]
+    loss_first, loss_last = fifth_means(recorder.loss)
+    grad_first, grad_last = fifth_means(recorder.grad_ratio)
+    step_s = statistics.median(recorder.step_time)
+    published_batch = int(cfg.method.pretrain.batch_size)
+    steps_full = math.ceil(full_train_size(row) / published_batch) * int(cfg.method.pretrain.epochs)
+    return RowResult(row=row, steps=len(recorder.loss), batch=batch,
+                     train_samples=len(datamodule.train_set), test_samples=test_samples,
+                     chance=100.0 / 10, test_acc=acc, loss_first=loss_first, loss_last=loss_last,
+                     grad_ratio_first=grad_first, grad_ratio_last=grad_last, step_s=step_s,
+                     steps_full=steps_full,
+                     cpu_hours_full=steps_full * step_s * published_batch / batch / 3600,
+                     wall_s=time.time() - start, snn_acc=snn_acc,
+                     snn_test_samples=len(datamodule.test_set) if snn_acc else 0)
+
+
+# -- report --------------------------------------------------------------------------------------
+def markdown(results: list[RowResult]) -> str:
+    lines = ["| row | steps x batch | train / test images | test acc (chance) | converted SNN "
+             "none / light (test images) | train loss first -> last fifth | first-layer "
+             "grad/w first -> last | step s | full pretraining: steps at the published batch, "
+             "CPU h | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        snn = (" / ".join(f"{r.snn_acc[k]:.1f}" for k in ("none", "light") if k in r.snn_acc)
+               + f" ({r.snn_test_samples})") if r.snn_acc else "--"
+        lines.append(
+            f"| `{r.row}` | {r.steps} x {r.batch} | {r.train_samples} / {r.test_samples} | "
+            f"{r.test_acc:.1f} ({r.chance:.0f}) | {snn} | {r.loss_first:.4g} -> {r.loss_last:.4g} | "
+            f"{r.grad_ratio_first:.1e} -> {r.grad_ratio_last:.1e} | {r.step_s:.2f} | "
+            f"{r.steps_full:,}, {r.cpu_hours_full:,.0f} | {r.wall_s:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default=",".join(BUDGETS), help="comma-separated rows")
+    parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "logs" / "row_smoke")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every time budget")
+    parser.add_argument("--probe", action="store_true",
+                        help="3 steps and 50 / 20 test images per row: does every row run, how fast")
+    args = parser.parse_args()
+    rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    unknown = [r for r in rows if r not in BUDGETS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; valid: {', '.join(BUDGETS)}")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    unpack(args.shared, args.data_dir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: list[RowResult] = []
+    for row in rows:
+        budget = BUDGETS[row]
+        budget = Budget(budget.minutes * args.scale, budget.batch, 50 if args.probe else budget.test,
+                        20 if args.probe else budget.snn_test)
+        print(f"[row_smoke] {row}: {budget}", flush=True)
+        results.append(run_row(row, budget, args.data_dir, max_steps=3 if args.probe else -1))
+        print(f"[row_smoke] {json.dumps(asdict(results[-1]))}", flush=True)
+        (args.out / "row_smoke.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+        (args.out / "row_smoke.md").write_text(markdown(results))
+    print(markdown(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""The paper-row smoke benchmark composes every row on the real data that is here."""
+
+import importlib.util
+import sys
+
+import torch
+from torch.utils.data import Dataset
+
+from tests.conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("row_smoke", ROOT / "benchmarks" / "row_smoke.py")
+row_smoke = importlib.util.module_from_spec(spec)
+sys.modules["row_smoke"] = row_smoke  # dataclasses look their module up
+spec.loader.exec_module(row_smoke)
+
+
+def test_every_budgeted_row_composes_its_experiment_on_the_local_data(tmp_path):
+    for row in row_smoke.BUDGETS:
+        cfg = row_smoke.row_config(row, tmp_path)
+        name, _, variant = row.partition("@")
+        assert cfg.row == name
+        if name.startswith("sg_"):
+            assert cfg.data.name == "nmnist" and cfg.data.datamodule.T == cfg.method.module.T == 16
+        else:
+            assert cfg.data.datamodule.dataset == "cifar10" and cfg.data.datamodule.layout == "folders"
+        assert (cfg.model.get("init") == "torch") == (variant == "torch_init")
+    assert row_smoke.head_classes("stbp_cifar100") == 100
+    assert row_smoke.head_classes("sg_dvs128_gesture") == 11
+
+
+class Frames(Dataset):
+    labels = [0, 1]
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        x = torch.zeros(3, 2, 34, 34)
+        x[:, :, 0, 0] = 1.0
+        return x, i
+
+
+def test_event_frames_are_placed_on_the_128_pixel_grid_by_nearest_neighbour():
+    x, y = row_smoke.UpsampledFrames(Frames(), 128)[1]
+    assert x.shape == (3, 2, 128, 128) and y == 1
+    assert x[:, :, :3, :3].eq(1).all() and x.sum() == 3 * 2 * 16  # the corner pixel -> 4x4 block
+
+
+def test_stratified_subset_takes_the_same_count_of_every_class():
+    labels = [i % 3 for i in range(30)]
+    subset = row_smoke.stratified_subset(list(range(30)), labels, 4)
+    assert sorted(labels[i] for i in subset.indices) == [0] * 4 + [1] * 4 + [2] * 4
