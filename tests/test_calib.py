@@ -337,3 +337,11 @@ def test_none_level_uses_the_maximum_activation_and_light_the_mse_search():
     light = convert(small_net(("FC20",), in_shape=(10,), T=4), batches,
                     ConversionSettings(calibration="light", report_levels=()))
     assert light.thresholds[0] < 0.95 * none.thresholds[0]  # the MSE search clips the tail
+
+
+@pytest.mark.parametrize("row", ["calib_cifar10", "calib_cifar100"])
+def test_calib_rows_use_the_reference_vgg_and_exempt_biases_from_cbp_weight_decay(row):
+    cfg = compose([f"experiment={row}"])
+    assert (cfg.model.init, cfg.model.spiking_pool, cfg.model.conv_dropout) == ("reference", True, 0.25)
+    assert cfg.method.cbp.weight_decay_on_bias is False
+    assert cfg.method.pretrain.get("weight_decay_on_bias", True) is True  # main_train_ann.py

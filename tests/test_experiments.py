@@ -3,6 +3,8 @@
 from pathlib import Path
 
 import pytest
+import torch
+from hydra.utils import instantiate
 
 from tests.conftest import ROOT, compose
 
@@ -45,24 +47,85 @@ def test_paper_rows_carry_the_published_settings(row):
     assert cbp.callback.p_max == 20 and cbp.callback.skip_first_last
 
 
-def test_stbp_rows_neurons_and_pretraining():
-    for row, decay in (("stbp_cifar10", 0.25), ("stbp_cifar100", 0.8)):
-        cfg = compose([f"experiment={row}"])
-        module = cfg.method.module
-        assert (module.v_threshold, module.decay, module.surrogate_width) == (0.5, decay, 1.0)
-        pre = cfg.method.pretrain
-        optimizer = (pre.optimizer._target_, pre.optimizer.lr, pre.optimizer.momentum)
-        assert optimizer == ("torch.optim.SGD", 0.3, 0.9)
-        assert (pre.scheduler._target_, pre.scheduler.step_size, pre.scheduler.gamma) == (
-            "torch.optim.lr_scheduler.StepLR", 45, 0.1)
-        assert pre.epochs == 100
+def stbp_reference_lrs(lr: float, epochs: int, lr_decay_epoch: int = 45) -> list[float]:
+    """LR of every training epoch in CBP-QSNN-STBP/main_train_fp32.py: after training epoch index
+    ``e`` its ``lr_scheduler`` multiplies the LR by 0.1 when ``e % 45 == 0 and e > 1``."""
+    lrs = []
+    for epoch in range(epochs):
+        lrs.append(lr)
+        if epoch % lr_decay_epoch == 0 and epoch > 1:
+            lr *= 0.1
+    return lrs
 
 
-def test_sg_rows_train_on_12_of_16_frames():
-    for row in ("sg_dvs128_gesture", "sg_cifar10dvs"):
-        module = compose([f"experiment={row}"]).method.module
-        assert (module.train_time_steps, module.tau0, module.v_threshold, module.surrogate) == (
-            12, 2.0, 1.0, "atan")
+def scheduled_lrs(stage, epochs: int) -> list[float]:
+    """LR of every training epoch when the stage's scheduler steps after each epoch (Lightning's
+    ``interval: epoch``, checked in tests/test_nets.py)."""
+    optimizer = instantiate(stage.optimizer)([torch.nn.Parameter(torch.zeros(1))])
+    scheduler = instantiate(stage.scheduler)(optimizer)
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+@pytest.mark.parametrize(("row", "decay"), [("stbp_cifar10", 0.25), ("stbp_cifar100", 0.8)])
+def test_stbp_rows_neurons_and_pretraining(row, decay):
+    cfg = compose([f"experiment={row}"])
+    module = cfg.method.module
+    assert (module.v_threshold, module.decay, module.surrogate_width) == (0.5, decay, 1.0)
+    pre = cfg.method.pretrain
+    optimizer = (pre.optimizer._target_, pre.optimizer.lr, pre.optimizer.momentum)
+    assert optimizer == ("torch.optim.SGD", 0.3, 0.9)
+    assert pre.optimizer.get("weight_decay", 0.0) == 0.0
+    assert (pre.epochs, pre.batch_size) == (100, 50)
+    assert (pre.scheduler._target_, list(pre.scheduler.milestones), pre.scheduler.gamma) == (
+        "torch.optim.lr_scheduler.MultiStepLR", [46, 91], 0.1)
+    lrs = scheduled_lrs(pre, pre.epochs)
+    assert lrs == pytest.approx(stbp_reference_lrs(0.3, 100), rel=1e-9)
+    assert lrs[45] == pytest.approx(0.3) and lrs[46] == pytest.approx(0.03)  # 46 epochs at 0.3
+    assert lrs[90] == pytest.approx(0.03) and lrs[91] == pytest.approx(0.003)
+
+
+# row: (epochs, batch, lr, scheduler, its arguments, train_time_steps, zero_init_residual);
+# SGD m0.9 without weight decay, from the SEW repository's origin_logs/*/args.txt
+SEW_PRETRAINING = {
+    "sg_dvs128_gesture": (192, 16, 1e-3, "StepLR", {"step_size": 64, "gamma": 0.1}, 12, True),
+    "sg_cifar10dvs": (64, 16, 1e-2, "CosineAnnealingLR", {"T_max": 64}, None, False),
+}
+
+
+@pytest.mark.parametrize("row", sorted(SEW_PRETRAINING))
+def test_sg_rows_pretrain_as_the_published_sew_runs(row):
+    epochs, batch, lr, scheduler, arguments, train_steps, zero_init = SEW_PRETRAINING[row]
+    cfg = compose([f"experiment={row}"])
+    pre = cfg.method.pretrain
+    assert (pre.epochs, pre.batch_size) == (epochs, batch)
+    assert (pre.optimizer._target_, pre.optimizer.lr, pre.optimizer.momentum) == (
+        "torch.optim.SGD", lr, 0.9)
+    assert pre.optimizer.get("weight_decay", 0.0) == 0.0
+    assert pre.scheduler._target_ == f"torch.optim.lr_scheduler.{scheduler}"
+    assert {key: pre.scheduler[key] for key in arguments} == arguments
+    module = cfg.method.module
+    assert (module.T, cfg.data.datamodule.T, module.train_time_steps) == (16, 16, train_steps)
+    assert cfg.model.zero_init_residual is zero_init
+    assert (module.tau0, module.v_threshold, module.surrogate) == (2.0, 1.0, "atan")
+
+
+def test_sg_cifar10dvs_row_uses_spikingjelly_split():
+    data = compose(["experiment=sg_cifar10dvs"]).data.datamodule
+    assert (data.split, data.file_order, data.test_per_class) == ("ordered", "lexicographic", 100)
+
+
+@pytest.mark.parametrize("row", sorted(SEW_PRETRAINING))
+def test_sg_rows_train_in_mixed_precision_on_a_gpu_and_fp32_on_a_cpu(row):
+    gpu = compose([f"experiment={row}", "trainer=gpu"]).trainer
+    assert (gpu.accelerator, gpu.precision) == ("gpu", "16-mixed")
+    cpu = compose([f"experiment={row}", "trainer=cpu"]).trainer
+    assert (cpu.accelerator, cpu.precision) == ("cpu", "32-true")
+    assert compose([f"experiment={row}"]).trainer.precision == "32-true"
 
 
 def test_mnist_rows_exist_for_every_method():

@@ -1,6 +1,8 @@
+import lightning as L
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from cbpqsnn.methods.stbp import STBPClassifier
 from cbpqsnn.nets.feedforward import build_spiking_net, parse_spec
@@ -51,3 +53,52 @@ def test_stbp_classifier_rate_readout_and_mse_loss():
     assert loss.item() == pytest.approx((0.75**2 + 0 + 0.5**2) / 3)
     assert isinstance(module.net.layers[-1], STBPLIF)
     assert isinstance(module.net.layers[-2], nn.Linear)
+
+
+def stbp_module(**kwargs) -> STBPClassifier:
+    return STBPClassifier(model={"spec": ["C4", "FC8"], "bias": True}, in_shape=(1, 4, 4),
+                          num_classes=3, T=2, **kwargs)
+
+
+def sgd(params):
+    return torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-4)
+
+
+def test_weight_decay_reaches_every_parameter_by_default():
+    module = stbp_module()
+    module.set_optimization(sgd)
+    (group,) = module.configure_optimizers().param_groups
+    assert group["weight_decay"] == 1e-4
+    assert len(group["params"]) == len(list(module.parameters()))
+
+
+def test_weight_decay_on_bias_false_exempts_exactly_the_biases():
+    module = stbp_module()
+    module.set_optimization(sgd, weight_decay_on_bias=False)
+    weights, biases = module.configure_optimizers().param_groups
+    named = dict(module.named_parameters())
+    by_id = {id(p): n for n, p in named.items()}
+    assert {by_id[id(p)] for p in biases["params"]} == {n for n in named if n.endswith(".bias")}
+    assert {by_id[id(p)] for p in weights["params"]} == {n for n in named if n.endswith(".weight")}
+    assert len(biases["params"]) == 3 and len(weights["params"]) == 3  # conv, FC8, classifier
+    assert (weights["weight_decay"], biases["weight_decay"]) == (1e-4, 0.0)
+    assert weights["lr"] == biases["lr"] == 0.1 and biases["momentum"] == 0.9
+
+
+def test_epoch_schedulers_step_after_each_training_epoch():
+    """A milestone m of MultiStepLR: epochs 0..m-1 train at the old LR, epoch m at the new one
+    (what conf/experiment/stbp_*.yaml's milestones rely on)."""
+    seen: list[float] = []
+
+    class RecordLR(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    module = stbp_module()
+    module.set_optimization(lambda p: torch.optim.SGD(p, lr=1.0),
+                            lambda o: torch.optim.lr_scheduler.MultiStepLR(o, [2, 3], 0.1))
+    data = DataLoader(TensorDataset(torch.randn(2, 1, 4, 4), torch.tensor([0, 1])), batch_size=1)
+    L.Trainer(max_epochs=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+              enable_progress_bar=False, enable_model_summary=False,
+              callbacks=[RecordLR()]).fit(module, train_dataloaders=data)
+    assert seen == pytest.approx([1.0, 1.0, 0.1, 0.01])

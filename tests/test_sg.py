@@ -5,6 +5,7 @@ import math
 import lightning as L
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -73,6 +74,38 @@ def test_sew_block_adds_its_input():
         nn.init.zeros_(conv.weight)  # branch never fires -> output equals the input spikes
     x = (torch.rand(3, 2, 4, 5, 5) > 0.5).float()
     assert torch.equal(block(x), x)
+
+
+def row_module(row: str) -> SGClassifier:
+    """The row's network (its model config) for 128x128 event frames."""
+    cfg = compose([f"experiment={row}"])
+    return SGClassifier(model=OmegaConf.to_container(cfg.model, resolve=True),
+                        in_shape=(2, 128, 128), num_classes=10, T=2)
+
+
+def sew_blocks(module: SGClassifier) -> list[SEWBlock]:
+    return [m for m in module.net.modules() if isinstance(m, SEWBlock)]
+
+
+def test_zero_init_residual_makes_every_sew_block_the_identity_at_init():
+    torch.manual_seed(0)
+    blocks = sew_blocks(row_module("sg_dvs128_gesture"))  # the published run: zero_init_residual
+    assert len(blocks) == 7
+    for block in blocks:
+        assert torch.count_nonzero(block.conv2[1].weight) == 0  # last BN before sn2
+        assert torch.count_nonzero(block.conv1[1].weight - 1) == 0  # first BN untouched
+        x = (torch.rand(3, 2, 32, 8, 8) > 0.5).float()  # spikes [T, B, C, H, W]
+        for train in (True, False):  # batch statistics and running statistics alike
+            block.train(train)
+            assert torch.equal(block(x), x)  # sn2 gets 0 and a PLIF never fires: out = x
+
+
+def test_sew_blocks_keep_pytorch_bn_init_unless_asked():
+    blocks = sew_blocks(row_module("sg_cifar10dvs"))  # no zero-init published
+    assert blocks and all(torch.all(b.conv2[1].weight == 1) for b in blocks)
+    with pytest.raises(ValueError, match="needs SEW blocks"):
+        SGClassifier(model={"spec": ["C4"], "zero_init_residual": True}, in_shape=(1, 4, 4),
+                     num_classes=2, T=2)
 
 
 def sg_module(spec, in_shape, classes, T=2, **kwargs):

@@ -1,5 +1,6 @@
 """TSSL-BP backbone: neuron forward, the custom backward (loop reference, finite differences of the
-spike-timing model it differentiates, silent-neuron fallback), kernel loss, networks, config."""
+spike-timing model it differentiates, silent-neuron fallback), target trace and kernel loss,
+time-shared dropout, networks, config."""
 
 import math
 from fractions import Fraction
@@ -8,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from cbpqsnn.methods.tsslbp import TSSLClassifier, desired_spikes
+from cbpqsnn.methods.tsslbp import TSSLClassifier, desired_spikes, target_trace
 from cbpqsnn.quant.selection import select_layers
-from cbpqsnn.tssl import PSPInput, ScaledSumPool, TSSLConstants, TSSLFunction, TSSLNeuron
+from cbpqsnn.tssl import PSPInput, ScaledSumPool, TimeSharedDropout, TSSLConstants, TSSLFunction, TSSLNeuron
 from tests.conftest import compose
 
 C = TSSLConstants(tau_m=5.0, tau_s=3.0, v_threshold=1.0)
@@ -201,6 +202,47 @@ def test_inverse_slope_is_capped_at_eight():
     assert grad[1, 0].item() == pytest.approx(8 * (1 / 3))
 
 
+# --------------------------------------------------------------------------- dropout
+
+
+@pytest.mark.parametrize("shape", [(6, 4, 3, 5, 7), (6, 4, 50)])
+def test_dropout_keeps_one_mask_over_time_and_only_in_training(shape):
+    torch.manual_seed(0)
+    drop = TimeSharedDropout(0.5).train()
+    x = torch.ones(shape)
+    y = drop(x)
+    zero = y == 0
+    assert zero.any() and (~zero).any()
+    assert torch.equal(zero, zero[:1].expand_as(zero))  # zero at the same positions at every step
+    assert torch.equal(y[~zero], torch.full_like(y[~zero], 2.0))  # kept values scaled by 1/(1-p)
+    if len(shape) == 5:  # a feature map drops whole rows: one mask per (sample, channel, row)
+        assert torch.equal(zero, zero[..., :1].expand_as(zero))
+        assert zero[0, ..., 0].float().mean().item() == pytest.approx(0.5, abs=0.2)
+    assert not torch.equal(drop(x), y)  # a new mask at the next forward pass
+    assert torch.equal(drop.eval()(x), x)  # identity in eval
+    with pytest.raises(ValueError, match="dropout probability"):
+        TimeSharedDropout(1.0)
+
+
+def test_dropout_in_the_tssl_net_masks_every_step_alike_in_training_and_not_in_eval():
+    module = TSSLClassifier(model={"spec": ["FC64", "D"], "dropout": 0.5}, in_shape=(1, 4, 4),
+                            num_classes=2, T=4)
+    (drop,) = [m for m in module.net.layers if isinstance(m, TimeSharedDropout)]
+    assert drop.p == 0.5
+    probe = []
+    drop.register_forward_hook(lambda m, i, o: probe.append((i[0], o)))
+    x = torch.rand(8, 1, 4, 4) * 4
+    module.train()
+    module.net(x)
+    module.eval()
+    module.net(x)
+    (x_train, y_train), (x_eval, y_eval) = probe  # traces [T, B, 64] into and out of the dropout
+    dropped, kept = (y_train == 0).all(0), (y_train == 2 * x_train).all(0)
+    assert (dropped | kept).all()  # each neuron of each sample: dropped at all steps or at none
+    assert (dropped & (x_train != 0).any(0)).any() and (kept & (x_train != 0).any(0)).any()
+    assert torch.equal(y_eval, x_eval)
+
+
 # --------------------------------------------------------------------------- loss, readout, nets
 
 
@@ -216,10 +258,38 @@ def test_desired_spike_train_follows_the_reference_rule():
     assert desired_spikes(3, [1, 0]).tolist() == [1, 0, 1]
 
 
+def psp_by_hand(x, tau_s):
+    """``a[t] = (1 - 1/tau_s) a[t-1] + x[t] / tau_s`` in exact fractions."""
+    a, out = Fraction(0), []
+    for x_t in x:
+        a = (1 - Fraction(1) / tau_s) * a + Fraction(x_t) / tau_s
+        out.append(a)
+    return out
+
+
+def test_target_trace_is_the_desired_train_filtered_twice_as_in_the_authors_code():
+    once = psp_by_hand([0, 1, 1, 1, 1], 3)
+    twice = psp_by_hand(once, 3)
+    assert once == [0, Fraction(1, 3), Fraction(5, 9), Fraction(19, 27), Fraction(65, 81)]
+    assert twice == [0, Fraction(1, 9), Fraction(7, 27), Fraction(33, 81), Fraction(131, 243)]
+    expected = [float(v) for v in twice]  # 0, 0.111, 0.259259, 0.407407, 0.539095
+    assert target_trace(5, 3.0).tolist() == pytest.approx(expected, abs=1e-7)
+    assert target_trace(5, 3.0, double_filtered=False).tolist() == pytest.approx(
+        [float(v) for v in once], abs=1e-7)
+    # the loss uses it by default; the single-filtered variant only when asked for
+    out = torch.zeros(5, 1, 2)
+    for double, trace in ((True, twice), (False, once)):
+        module = tssl_module(["FC4"], classes=2, double_filtered_target=double)
+        assert module.hparams["double_filtered_target"] is double
+        assert module.loss(out, torch.tensor([1])).item() == pytest.approx(
+            0.5 * sum(float(v) ** 2 for v in trace), rel=1e-6)
+    assert tssl_module(["FC4"], classes=2).double_filtered_target is True
+
+
 def test_kernel_loss_and_readout_match_hand_computation():
     module = tssl_module(["FC4"], classes=2)
-    # target trace of [0,1,1,1,1] with tau_s = 3: 0, 1/3, 5/9, 19/27, 65/81 (label neuron only)
-    target = [Fraction(0), Fraction(1, 3), Fraction(5, 9), Fraction(19, 27), Fraction(65, 81)]
+    # target trace of [0,1,1,1,1], tau_s = 3, filtered twice: 0, 1/9, 7/27, 33/81, 131/243
+    target = psp_by_hand(psp_by_hand([0, 1, 1, 1, 1], 3), 3)
     out = torch.tensor([[[0.0, 0.5]], [[0.2, 0.5]], [[0.0, 0.5]], [[0.1, 0.5]], [[0.0, 0.5]]])
     o = [[Fraction(v).limit_denominator(10) for v in row[0]] for row in out.tolist()]
     expected = Fraction(1, 2) * sum((o[t][0] - 0) ** 2 + (o[t][1] - target[t]) ** 2 for t in range(5))
@@ -247,7 +317,8 @@ def test_cifar10_network_forward_backward_on_a_random_batch():
     assert sum(p.numel() for p in module.parameters()) == expected
     assert sum(isinstance(m, TSSLNeuron) for m in module.modules()) == 8
     assert sum(isinstance(m, ScaledSumPool) for m in module.modules()) == 2
-    assert sum(isinstance(m, nn.Dropout) and m.p == 0.2 for m in module.modules()) == 7
+    assert sum(isinstance(m, TimeSharedDropout) and m.p == 0.2 for m in module.modules()) == 7
+    assert not any(isinstance(m, nn.Dropout) for m in module.modules())
     out = module.net(torch.randn(2, 3, 32, 32))
     assert out.shape == (5, 2, 10)
     loss = module.loss(out, torch.tensor([3, 7]))

@@ -92,7 +92,7 @@ def _fit_stage(cfg: DictConfig, run_dir: Path, stage: str, module: L.LightningMo
     _set_batch_size(datamodule, stage_cfg.get("batch_size"))
     optimizer = instantiate(stage_cfg.optimizer)
     scheduler = instantiate(stage_cfg.scheduler) if stage_cfg.get("scheduler") else None
-    module.set_optimization(optimizer, scheduler)
+    module.set_optimization(optimizer, scheduler, stage_cfg.get("weight_decay_on_bias", True))
     checkpoint = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename=ckpt_name,
                                  save_top_k=1, monitor=None, save_on_train_epoch_end=True,
                                  enable_version_counter=False)

@@ -3,11 +3,13 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, CIFAR100
 
 from cbpqsnn.data.cifar import CIFARDataModule
 from cbpqsnn.data.files import CorruptSampleError, MissingDataError
-from cbpqsnn.data.image_transforms import Cutout
+from cbpqsnn.data.image_transforms import Cutout, image_transforms
 from cbpqsnn.data.sampling import EpochShuffleSampler
 from tests.data.conftest import CIFAR_JPEG_TAR, needs
 from tests.data.fabricate import (
@@ -70,6 +72,20 @@ def test_cutout_zeroes_one_square_clipped_at_the_border():
         height, width = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
         assert 8 <= height <= 16 and 8 <= width <= 16 and len(rows) == height * width
         assert torch.equal(out[0] == 0, out[2] == 0)
+
+
+def test_cutout_zeroes_pixels_before_normalization_as_the_calibration_pipeline():
+    train, _ = image_transforms("autoaugment_cutout", MEAN, STD, 32, 4, 16)
+    kinds = [type(t).__name__ for t in train.transforms]
+    assert kinds == ["RandomCrop", "RandomHorizontalFlip", "AutoAugment", "ToTensor", "Cutout",
+                     "Normalize"]
+    torch.manual_seed(0)
+    tail = T.Compose(train.transforms[kinds.index("ToTensor"):])
+    out = tail(Image.new("RGB", (32, 32), (255, 255, 255)))
+    hole_value = (-torch.tensor(MEAN) / torch.tensor(STD)).view(3, 1, 1)  # (0 - mean) / std
+    hole = torch.isclose(out, hole_value.expand_as(out), atol=1e-6).all(0)
+    assert 64 <= int(hole.sum()) <= 256  # one 16 px square, clipped at the border
+    assert torch.all(out[:, ~hole] > 0)  # white elsewhere
 
 
 def test_cifar100_files_give_fine_labels(tmp_path, monkeypatch):

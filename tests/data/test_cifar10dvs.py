@@ -30,15 +30,16 @@ def _module(root, **kwargs) -> CIFAR10DVSDataModule:
 
 def test_ordered_split_puts_the_last_recordings_of_each_class_in_test(fake):
     root, _ = fake
-    dm = _module(root)
+    dm = _module(root)  # default: SpikingJelly's lexicographic listing _0, _1, _10, _11, _2, ..., _9
     assert len(dm.train_set) == 100 and len(dm.test_set) == 20
     assert Counter(dm.test_set.labels) == {c: 2 for c in range(10)}
-    assert {_index(r) for r in dm.test_set.recordings} == {10, 11}
-    assert {_index(r) for r in dm.train_set.recordings} == set(range(10))
+    assert {_index(r) for r in dm.test_set.recordings} == {8, 9}
+    assert [_index(r) for r in dm.train_set.recordings[:10]] == [0, 1, 10, 11, 2, 3, 4, 5, 6, 7]
     for rec in dm.train_set.recordings:  # label = the class folder
         assert CIFAR10_CLASSES[rec.label] == rec.path.parent.name
-    lexicographic = _module(root, file_order="lexicographic")  # _0, _1, _10, _11, _2, ..., _9
-    assert {_index(r) for r in lexicographic.test_set.recordings} == {8, 9}
+    natural = _module(root, file_order="natural")  # _0, _1, ..., _9, _10, _11
+    assert {_index(r) for r in natural.test_set.recordings} == {10, 11}
+    assert {_index(r) for r in natural.train_set.recordings} == set(range(10))
 
 
 def test_random_split_is_seeded_stratified_and_disjoint(fake):

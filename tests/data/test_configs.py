@@ -1,3 +1,4 @@
+import inspect
 from pathlib import Path
 
 import pytest
@@ -40,3 +41,13 @@ def test_event_frame_options_come_from_the_config():
     cfg = compose(["data=cifar100", "data.datamodule.augment=autoaugment_cutout"])
     cifar = instantiate(cfg.data.datamodule)
     assert "Cutout" in repr(cifar.transforms[0])
+
+
+def test_cifar10dvs_default_split_is_spikingjelly_s_in_the_config_and_the_datamodule():
+    """SEW-ResNet and CBP-QSNN: per class the first 900 recordings of SpikingJelly's
+    (lexicographic) listing train, the last 100 test."""
+    data = compose(["data=cifar10dvs"]).data.datamodule
+    published = {"split": "ordered", "file_order": "lexicographic", "test_per_class": 100}
+    assert {key: data[key] for key in published} == published
+    defaults = inspect.signature(CIFAR10DVSDataModule.__init__).parameters
+    assert {key: defaults[key].default for key in published} == published

@@ -5,10 +5,15 @@ the folder. Decoded with tonic's ``read_aedat4`` (needs the ``aedat`` package).
 
 There is no official split, and the choice moves accuracy by several points, so it is explicit:
 
-- ``split: ordered`` (default): per class, the recordings in file order (``file_order: natural``,
-  numbers compared as numbers: ``..._2`` before ``..._10``) -- the first ``N - test_per_class``
-  (900) train, the last ``test_per_class`` (100) test. ``file_order: lexicographic`` sorts names
-  as strings instead, which is the order SpikingJelly's folder datasets list them in.
+- ``split: ordered`` (default): per class, the recordings in file order -- the first
+  ``N - test_per_class`` (900) train, the last ``test_per_class`` (100) test. The default
+  ``file_order: lexicographic`` sorts the names as strings (``..._10`` before ``..._2``), the order
+  SpikingJelly's folder datasets (torchvision's ``DatasetFolder``: ``sorted(fnames)``) list them
+  in. That is the published split: SEW-ResNet and CBP-QSNN both call
+  ``split_to_train_test_set(0.9, origin_set, 10)`` with ``random_split=False`` (front 90 % of
+  each class trains), fangwei123456/Spike-Element-Wise-ResNet cifar10dvs/train.py and yoees/CBP-QSNN
+  CBP-QSNN-SEW-ResNet/CIFAR10DVS/main_quantize_cbp.py. ``file_order: natural`` compares the
+  numbers as numbers (``..._2`` before ``..._10``): a different test set.
 - ``split: random``: per class, ``test_per_class`` recordings drawn with ``split_seed`` go to test
   (SpikingJelly's ``split_to_train_test_set(random_split=True)`` idea; a different draw per seed).
 """
@@ -50,7 +55,7 @@ class CIFAR10DVSDataModule(EventDataModule):
     num_classes = len(CIFAR10DVS.classes)
 
     def __init__(self, *args, split: str = "ordered", test_per_class: int = 100, split_seed: int = 0,
-                 file_order: str = "natural", **kwargs) -> None:
+                 file_order: str = "lexicographic", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if split not in SPLITS:
             raise ValueError(f"data.split must be one of {SPLITS}, got {split!r}")

@@ -3,8 +3,10 @@
 - ``standard``: random crop (pad ``crop_padding`` px) + horizontal flip + normalize (the usual
   CIFAR setting of the surrogate-gradient / STBP methods);
 - ``autoaugment_cutout``: the same, plus AutoAugment (CIFAR-10 policy) before the tensor
-  conversion and Cutout (one ``cutout_size`` px square) after normalization (the calibration
-  pipeline's setting);
+  conversion and Cutout (one ``cutout_size`` px square) on the ``[0, 1]`` tensor *before*
+  normalization, so a cut-out pixel becomes ``-mean / std`` (the calibration pipeline's order:
+  RandomCrop, flip, CIFAR10Policy, ToTensor, Cutout, Normalize in ``build_data`` of yoees/CBP-QSNN
+  CBP-QSNN-SNN-Calibration/main_train_ann.py);
 - ``none``: normalize only.
 
 Test images are only normalized.
@@ -47,13 +49,14 @@ def image_transforms(augment: str, mean: Sequence[float], std: Sequence[float], 
     """``(train_transform, test_transform)`` for PIL images -> normalized tensors."""
     if augment not in AUGMENTS:
         raise ValueError(f"data.augment must be one of {AUGMENTS}, got {augment!r}")
-    normalize = [T.ToTensor(), T.Normalize(tuple(map(float, mean)), tuple(map(float, std)))]
+    normalize = T.Normalize(tuple(map(float, mean)), tuple(map(float, std)))
     train: list[Callable] = []
     if augment != "none":
         train += [T.RandomCrop(image_size, padding=crop_padding), T.RandomHorizontalFlip()]
     if augment == "autoaugment_cutout":
         train.append(T.AutoAugment(T.AutoAugmentPolicy.CIFAR10))
-    train += normalize
+    train.append(T.ToTensor())
     if augment == "autoaugment_cutout":
-        train.append(Cutout(cutout_size))
-    return T.Compose(train), T.Compose(normalize)
+        train.append(Cutout(cutout_size))  # on [0, 1] pixels, before Normalize (reference order)
+    train.append(normalize)
+    return T.Compose(train), T.Compose([T.ToTensor(), normalize])

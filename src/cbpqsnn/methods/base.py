@@ -42,6 +42,7 @@ class SpikingClassifier(L.LightningModule):
         self.net = self.build_net(dict(model), tuple(in_shape), self.num_classes, int(T))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.weight_decay_on_bias = True
         self.train_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
@@ -67,10 +68,30 @@ class SpikingClassifier(L.LightningModule):
 
     # -- shared training logic ------------------------------------------------------------
     def set_optimization(self, optimizer: OptimizerFactory,
-                         scheduler: SchedulerFactory | None = None) -> None:
-        """Choose the optimizer (and scheduler) the next ``Trainer.fit`` uses (one per stage)."""
+                         scheduler: SchedulerFactory | None = None,
+                         weight_decay_on_bias: bool = True) -> None:
+        """Choose the optimizer (and scheduler) the next ``Trainer.fit`` uses (one per stage).
+
+        ``weight_decay_on_bias=False`` exempts the biases from the optimizer's weight decay (see
+        :meth:`parameter_groups`); true (default) hands every parameter to it alike.
+        """
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.weight_decay_on_bias = bool(weight_decay_on_bias)
+
+    def parameter_groups(self) -> list[nn.Parameter] | list[dict[str, Any]]:
+        """What the optimizer factory receives: the trainable parameters as one list, or, with
+        ``weight_decay_on_bias`` false, two groups -- every parameter not named ``*.bias`` (it keeps
+        the optimizer's ``weight_decay``) and every bias (conv, linear, BN) with ``weight_decay``
+        0 (the SNN-Calibration CBP stage's grouping, yoees/CBP-QSNN
+        CBP-QSNN-SNN-Calibration/main_calibration_quantize_cbp.py)."""
+        named = [(name, p) for name, p in self.named_parameters() if p.requires_grad]
+        if self.weight_decay_on_bias:
+            return [p for _, p in named]
+        decayed = [p for name, p in named if not name.endswith(".bias")]
+        biases = [p for name, p in named if name.endswith(".bias")]
+        groups = [{"params": decayed}, {"params": biases, "weight_decay": 0.0}]
+        return [group for group in groups if group["params"]]
 
     def time_first(self, x: Tensor, training: bool = False) -> Tensor:
         """Batches of event frames arrive batch-first ``[B, T, C, H, W]``; the network runs
@@ -111,8 +132,7 @@ class SpikingClassifier(L.LightningModule):
     def configure_optimizers(self) -> Any:
         if self.optimizer_factory is None:
             raise RuntimeError("no optimizer set: call set_optimization(...) before fit")
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.optimizer_factory(self.parameter_groups())
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": self.scheduler_factory(optimizer)}

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from cbpqsnn.methods.base import SpikingClassifier
 from cbpqsnn.nets.feedforward import build_spiking_net
+from cbpqsnn.nets.sew import zero_init_residuals
 from cbpqsnn.neurons import ParametricLIF, make_surrogate
 
 
@@ -20,7 +21,8 @@ class SGClassifier(SpikingClassifier):
 
     Method args: ``tau0`` (2), ``learnable_tau`` (true: PLIF; false: plain LIF), ``v_threshold``
     (1), ``v_reset`` (0), ``surrogate`` (``atan``; also ``fast_sigmoid``, ``sigmoid``,
-    ``rectangular``) and ``surrogate_args`` (e.g. ``{alpha: 2}``).
+    ``rectangular``) and ``surrogate_args`` (e.g. ``{alpha: 2}``). Model option
+    ``zero_init_residual`` (false): start every SEW block as the identity (its last BN weight 0).
     """
 
     def build_net(self, model: dict[str, Any], in_shape: tuple[int, ...], num_classes: int,
@@ -31,10 +33,13 @@ class SGClassifier(SpikingClassifier):
                          learnable=hp.get("learnable_tau", True),
                          v_threshold=hp.get("v_threshold", 1.0), v_reset=hp.get("v_reset", 0.0),
                          surrogate=surrogate)
-        return build_spiking_net(model["spec"], in_shape, num_classes, neuron, T,
-                                 bias=model.get("bias", False), dropout=model.get("dropout", 0.0),
-                                 spiking_output=False, batch_norm=model.get("batch_norm", True),
-                                 classifier_bias=model.get("classifier_bias", True))
+        net = build_spiking_net(model["spec"], in_shape, num_classes, neuron, T,
+                                bias=model.get("bias", False), dropout=model.get("dropout", 0.0),
+                                spiking_output=False, batch_norm=model.get("batch_norm", True),
+                                classifier_bias=model.get("classifier_bias", True))
+        if model.get("zero_init_residual", False) and zero_init_residuals(net) == 0:
+            raise ValueError(f"model.zero_init_residual needs SEW blocks in the spec {model['spec']}")
+        return net
 
     def readout(self, out: Tensor) -> Tensor:
         return out.mean(0)

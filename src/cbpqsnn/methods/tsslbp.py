@@ -1,7 +1,8 @@
 """TSSL-BP backbone (Zhang & Li 2020): LIF neurons whose outputs are PSP traces, the TSSL-BP
-backward (:mod:`cbpqsnn.tssl`), PSP-filtered input, non-spiking 1.1 x sum-pooling, the "kernel"
-loss against the trace of a desired spike train, argmax of the summed output; weights clamped to
-+-4 after every optimizer step."""
+backward (:mod:`cbpqsnn.tssl`), PSP-filtered input, non-spiking 1.1 x sum-pooling, dropout with one
+mask over all T steps, the "kernel" loss against the (twice PSP-filtered, as in the authors' code)
+trace of a desired spike train, argmax of the summed output; weights clamped to +-4 after every
+optimizer step."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from cbpqsnn.methods.base import SpikingClassifier
 from cbpqsnn.nets.feedforward import SpikingNet, build_spiking_net
-from cbpqsnn.tssl import PSPInput, ScaledSumPool, TSSLConstants, TSSLNeuron, psp_trace
+from cbpqsnn.tssl import PSPInput, ScaledSumPool, TimeSharedDropout, TSSLConstants, TSSLNeuron, psp_trace
 
 BACKWARDS = ("tssl", "surrogate")
 REDUCTIONS = ("sum", "mean")
@@ -31,12 +32,31 @@ def desired_spikes(T: int, pattern: Sequence[float] | None = None) -> Tensor:
     return base.repeat(-(-T // base.numel()))[:T]
 
 
+def target_trace(T: int, tau_s: float, pattern: Sequence[float] | None = None,
+                 double_filtered: bool = True) -> Tensor:
+    """Target trace ``[T]`` of the label neuron: :func:`desired_spikes` through the PSP filter
+    ``a[t] = (1 - 1/tau_s) a[t-1] + s[t] / tau_s``, applied twice by default.
+
+    Twice follows the authors' code, which the published results came from: TSSL-BP ``main.py``
+    (and CBP-QSNN ``main_quantize_cbp.py``) builds the desired train as ``loss_f.psp(pattern)``, and
+    ``loss_kernel`` in ``functions/loss_f.py`` filters the target again (``psp(target)``) before
+    comparing it with the output trace. The paper's text describes one filtering
+    (``double_filtered=False``). T = 5, tau_s = 3: ``[0, 1/9, 7/27, 33/81, 131/243]`` (twice) vs.
+    ``[0, 1/3, 5/9, 19/27, 65/81]`` (once).
+    """
+    trace = desired_spikes(T, pattern).view(-1, 1)
+    for _ in range(2 if double_filtered else 1):
+        trace = psp_trace(trace, tau_s)
+    return trace.view(-1)
+
+
 def build_tssl_net(model: dict[str, Any], in_shape: tuple[int, ...], num_classes: int, T: int,
                    constants: TSSLConstants, custom_backward: bool = True,
                    pool_scale: float = 1.1) -> SpikingNet:
     """The model spec as a TSSL-BP network: PSP-filtered input, every conv/FC (no bias) followed by a
-    :class:`TSSLNeuron` (the classifier too), every ``P<k>`` a :class:`ScaledSumPool`. Weights: conv
-    PyTorch's default init, FC Kaiming-normal, times ``conv_weight_scale`` / ``fc_weight_scale``."""
+    :class:`TSSLNeuron` (the classifier too), every ``P<k>`` a :class:`ScaledSumPool`, every ``D`` a
+    :class:`TimeSharedDropout` (one mask for all T steps, as the reference). Weights: conv PyTorch's
+    default init, FC Kaiming-normal, times ``conv_weight_scale`` / ``fc_weight_scale``."""
     neuron = partial(TSSLNeuron, constants, custom_backward)
     net = build_spiking_net(model["spec"], in_shape, num_classes, neuron, T, bias=False,
                             dropout=model.get("dropout", 0.0), spiking_output=True)
@@ -46,6 +66,8 @@ def build_tssl_net(model: dict[str, Any], in_shape: tuple[int, ...], num_classes
             raise ValueError("TSSL-BP pools traces by a scaled sum: use P<k>, not M<k>")
         if isinstance(layer, nn.AvgPool2d):
             layer = ScaledSumPool(layer.kernel_size, pool_scale)
+        elif isinstance(layer, nn.Dropout):
+            layer = TimeSharedDropout(layer.p)
         layers.append(layer)
     with torch.no_grad():
         for layer in layers:
@@ -59,14 +81,24 @@ def build_tssl_net(model: dict[str, Any], in_shape: tuple[int, ...], num_classes
 
 class TSSLClassifier(SpikingClassifier):
     """``scores = sum_t a_out[t]``; kernel loss ``0.5 * sum_{t,c} (a_out[t,c] - a_target[t,c])^2``
-    (summed or averaged over the batch), ``a_target`` the PSP trace of :func:`desired_spikes` for
-    the label neuron and 0 for the others.
+    (summed or averaged over the batch), ``a_target`` the :func:`target_trace` for the label neuron
+    and 0 for the others.
+
+    ``double_filtered_target`` (default True): the target is the desired spike train PSP-filtered
+    twice, as in the authors' code (TSSL-BP ``main.py`` + ``functions/loss_f.py``, see
+    :func:`target_trace`); False: once, as the paper's text describes.
 
     Method args: ``tau_m`` (5), ``tau_s`` (3), ``v_threshold`` (1), ``max_inverse_slope`` (8),
     ``fallback_scale`` (0.2), ``fallback_clamp`` (8), ``silent_trace`` (0.25), ``backward``
     (``tssl`` | ``surrogate``), ``pool_scale`` (1.1), ``desired_spikes`` (null: reference rule),
     ``loss_reduction`` (``sum`` as the reference code | ``mean``), ``weight_clamp`` (4; null: off).
     """
+
+    def __init__(self, model: dict[str, Any], in_shape: Sequence[int], num_classes: int, T: int, *,
+                 double_filtered_target: bool = True, **kwargs: Any) -> None:
+        super().__init__(model, in_shape, num_classes, T,
+                         double_filtered_target=bool(double_filtered_target), **kwargs)
+        self.double_filtered_target = bool(double_filtered_target)
 
     @property
     def constants(self) -> TSSLConstants:
@@ -90,8 +122,8 @@ class TSSLClassifier(SpikingClassifier):
         return out.sum(0)
 
     def loss(self, out: Tensor, target: Tensor) -> Tensor:
-        pattern = desired_spikes(out.shape[0], self.hparams.get("desired_spikes")).to(out)
-        trace = psp_trace(pattern.view(-1, 1), self.constants.tau_s).view(-1)
+        trace = target_trace(out.shape[0], self.constants.tau_s, self.hparams.get("desired_spikes"),
+                             self.double_filtered_target).to(out)
         hot = nn.functional.one_hot(target, self.num_classes).to(out.dtype)  # [B, C]
         desired = trace.view(-1, 1, 1) * hot.unsqueeze(0)                     # [T, B, C]
         per_sample = 0.5 * (out - desired).square().sum(dim=(0, 2))
