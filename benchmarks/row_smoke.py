@@ -27,7 +27,8 @@ converted SNN's accuracy per calibration level. Rows
 named ``<row>@torch_init`` are the calib rows with PyTorch's default init (``model.init=torch``),
 the network before the reference init.
 
-Recorded: training loss over the steps (mean of the first and last fifth), |grad| / |w| of the
+Recorded: training loss over the steps (mean of the first and last fifth; ``loss_curve``: the mean
+of each tenth of the steps, in the JSON), |grad| / |w| of the
 first layer (first and last fifth), median step time, test accuracy, chance level, and the steps
 of the full published pretraining (``steps_full``) with the hours they would take at the measured
 CPU step. Writes ``<out>/row_smoke.json`` and ``<out>/row_smoke.md`` (the table), row by row.
@@ -94,16 +95,17 @@ BUDGETS: dict[str, Budget] = {
 VARIANTS = {"torch_init": ["model.init=torch"]}
 CIFAR_TRAIN_SUBSET = 10_000
 DVS_SIDE = 128
-ARCHIVES = {"cifar10-jpeg": "cifar10-jpeg.tar.gz", "NMNIST": "nmnist-1k.tar.gz"}
+CIFAR_FOLDER = "cifar10-jpeg"
+ARCHIVES = {CIFAR_FOLDER: "cifar10-jpeg.tar.gz", "NMNIST": "nmnist-1k.tar.gz"}
 
 
 # -- data ----------------------------------------------------------------------------------------
 def unpack(shared: Path, data_dir: Path) -> None:
     """``data/cifar10-jpeg/{train,test}`` and ``data/NMNIST/{Train,Test}`` from the shared copies."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    if not (data_dir / "cifar10-jpeg" / "test").is_dir():
-        with tarfile.open(shared / ARCHIVES["cifar10-jpeg"]) as tar:
-            tar.extractall(data_dir / "cifar10-jpeg", filter="data")
+    if not (data_dir / CIFAR_FOLDER / "test").is_dir():
+        with tarfile.open(shared / ARCHIVES[CIFAR_FOLDER]) as tar:
+            tar.extractall(data_dir / CIFAR_FOLDER, filter="data")
     if not (data_dir / "NMNIST" / "Test").is_dir():
         with tarfile.open(shared / ARCHIVES["NMNIST"]) as tar:
             tar.extractall(data_dir, filter="data")
@@ -144,7 +146,7 @@ def row_config(row: str, data_dir: Path) -> DictConfig:
         overrides += ["data=nmnist", "data.datamodule.T=16", "data.datamodule.num_workers=2"]
     else:  # CIFAR-10 images; CIFAR-100 rows keep their normalization and their 100-way head
         overrides += ["data.datamodule.dataset=cifar10", "data.datamodule.layout=folders",
-                      "data.datamodule.num_workers=1"]
+                      f"data.datamodule.folders_subdir={CIFAR_FOLDER}", "data.datamodule.num_workers=1"]
     if name.startswith("calib_"):  # conversion on the CPU, two levels (each costs a T=32 test);
         # the threshold search's 5 batches of 32 instead of 128 images (its grid of 95 candidates
         # over every activation is most of the conversion's CPU time)
@@ -251,6 +253,12 @@ def fifth_means(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values[:n]), statistics.fmean(values[-n:])
 
 
+def curve(values: list[float], parts: int = 10) -> list[float]:
+    """Mean of each of ``parts`` consecutive, equal slices of ``values`` (the loss curve)."""
+    bounds = [round(i * len(values) / parts) for i in range(parts + 1)]
+    return [statistics.fmean(values[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+
+
 @dataclass
 class RowResult:
     row: str
@@ -270,6 +278,7 @@ class RowResult:
     wall_s: float
     snn_acc: dict[str, float] = field(default_factory=dict)
     snn_test_samples: int = 0
+    loss_curve: list[float] = field(default_factory=list)
 
 
 def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1) -> RowResult:
@@ -299,7 +308,8 @@ def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1) -> Ro
                      steps_full=steps_full,
                      cpu_hours_full=steps_full * step_s * published_batch / batch / 3600,
                      wall_s=time.time() - start, snn_acc=snn_acc,
-                     snn_test_samples=len(datamodule.test_set) if snn_acc else 0)
+                     snn_test_samples=len(datamodule.test_set) if snn_acc else 0,
+                     loss_curve=curve(recorder.loss))
 
 
 # -- report --------------------------------------------------------------------------------------

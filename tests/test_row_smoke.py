@@ -22,7 +22,8 @@ def test_every_budgeted_row_composes_its_experiment_on_the_local_data(tmp_path):
         if name.startswith("sg_"):
             assert cfg.data.name == "nmnist" and cfg.data.datamodule.T == cfg.method.module.T == 16
         else:
-            assert cfg.data.datamodule.dataset == "cifar10" and cfg.data.datamodule.layout == "folders"
+            data = cfg.data.datamodule
+            assert (data.dataset, data.layout, data.folders_subdir) == ("cifar10", "folders", "cifar10-jpeg")
         assert (cfg.model.get("init") == "torch") == (variant == "torch_init")
     assert row_smoke.head_classes("stbp_cifar100") == 100
     assert row_smoke.head_classes("sg_dvs128_gesture") == 11
