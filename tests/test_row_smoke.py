@@ -4,6 +4,7 @@ import importlib.util
 import sys
 
 import torch
+from hydra.utils import instantiate
 from torch.utils.data import Dataset
 
 from tests.conftest import ROOT
@@ -25,6 +26,8 @@ def test_every_budgeted_row_composes_its_experiment_on_the_local_data(tmp_path):
             data = cfg.data.datamodule
             assert (data.dataset, data.layout, data.folders_subdir) == ("cifar10", "folders", "cifar10-jpeg")
         assert (cfg.model.get("init") == "torch") == (variant == "torch_init")
+        instantiate(cfg.data.datamodule)  # the row's own data keys do not leak into nmnist's
+    assert "@" not in ",".join(row_smoke.DEFAULT_ROWS) and len(row_smoke.DEFAULT_ROWS) == 7
     assert row_smoke.head_classes("stbp_cifar100") == 100
     assert row_smoke.head_classes("sg_dvs128_gesture") == 11
 
