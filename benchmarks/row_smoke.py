@@ -180,7 +180,8 @@ def full_train_size(row: str) -> int:
 
 def labels_of(dataset: Dataset) -> list[int]:
     if isinstance(dataset, Subset):
-        return [labels_of(dataset.dataset)[i] for i in dataset.indices]
+        labels = labels_of(dataset.dataset)
+        return [labels[i] for i in dataset.indices]
     return list(dataset.targets)
 
 
@@ -189,9 +190,9 @@ def prepare(cfg: DictConfig, budget: Budget, head: int) -> L.LightningDataModule
     datamodule.setup("fit")
     train, test = datamodule.train_set, datamodule.test_set
     if hasattr(train, "targets"):  # CIFAR ImageFolder
-        train = stratified_subset(train, train.targets, CIFAR_TRAIN_SUBSET // 10)
+        train = stratified_subset(train, labels_of(train), CIFAR_TRAIN_SUBSET // 10)
         if budget.test is not None:
-            test = stratified_subset(test, test.targets, budget.test // 10)
+            test = stratified_subset(test, labels_of(test), budget.test // 10)
     else:  # event frames on the 128 x 128 grid
         train, test = UpsampledFrames(train, DVS_SIDE), UpsampledFrames(test, DVS_SIDE)
         datamodule.in_shape = (2, DVS_SIDE, DVS_SIDE)
@@ -217,8 +218,9 @@ class StepRecorder(L.Callback):
 
     def on_before_optimizer_step(self, trainer: L.Trainer, module: L.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
-        w = self.first.weight
-        self.grad_ratio.append(float(w.grad.norm() / w.norm()) if w.grad is not None else 0.0)
+        w = self.first.weight.detach()
+        grad = self.first.weight.grad
+        self.grad_ratio.append(float(grad.norm() / w.norm()) if grad is not None else 0.0)
 
     def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
