@@ -38,7 +38,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from cbpqsnn.pipeline import build_module  # noqa: E402
+from cbpqsnn.builders import build_module  # noqa: E402
 
 ROWS = ["tsslbp_cifar10", "stbp_cifar10", "stbp_cifar100", "sg_dvs128_gesture", "sg_cifar10dvs",
         "calib_cifar10", "calib_cifar100", "stbp_cifar10_cpu"]
@@ -65,7 +65,7 @@ def compose_row(row: str):
 def random_batch(module, cfg, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     shape = module.in_shape
     if shape[0] == 2:  # event frames, batch-first [B, T, 2, H, W] as the datamodule gives them
-        T = int(cfg.data.datamodule.get("T") or cfg.method.module.T)
+        T = int(cfg.T)  # frames per sample = the top-level T
         x = torch.poisson(torch.full((batch, T, *shape), 0.05, device=device))
     else:
         x = torch.randn(batch, *shape, device=device)

@@ -27,6 +27,11 @@ converted SNN's accuracy per calibration level. Rows
 named ``<row>@torch_init`` are the calib rows with PyTorch's default init (``model.init=torch``),
 the network before the reference init.
 
+Before that, on a fresh copy of the row's module: ``fit_steps`` steps on one fixed batch
+(``fit_fixed_batch``: one stratified draw of the budget's batch, dropout off, the row's optimizer
+and clipping), the loss per step and the batch's accuracy before and after -- whether the row's
+network, neuron, loss and optimizer can fit anything at all, whatever the budget.
+
 Recorded: training loss over the steps (mean of the first and last fifth; ``loss_curve``: the mean
 of each tenth of the steps, in the JSON), |grad| / |w| of the
 first layer (first and last fifth), median step time, test accuracy, chance level, and the steps
@@ -45,7 +50,7 @@ import sys
 import tarfile
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +67,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
-from cbpqsnn.pipeline import build_datamodule, build_module  # noqa: E402
+from cbpqsnn.builders import build_datamodule, build_module  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -76,24 +81,25 @@ class Budget:
     batch: int | None = None
     test: int | None = None
     snn_test: int = 100
+    fit_steps: int = 40
 
 
-# About 55 minutes for the seven rows on 2 CPU cores, evaluation included; the two PyTorch-init
-# comparison rows add about 15 (run them with --rows). A training step of the heavy rows takes
-# seconds here (7Conv3FC at T = 8: about 50 GFLOP per image; TSSL-BP's net at T = 5: about 18;
-# the SEW nets at 128 x 128 x 16 frames), so they run smaller batches than published -- the
+# About 65 minutes for the seven rows on 2 CPU cores, fixed-batch fits and evaluation included;
+# the two PyTorch-init comparison rows add about 15 (run them with --rows). A training step of the
+# heavy rows takes seconds here (7Conv3FC at T = 8: about 50 GFLOP per image; TSSL-BP's net at
+# T = 5: about 18; the SEW nets at 128 x 128 x 16 frames), so they run smaller batches than published -- the
 # optimizer, its learning rate, the network, neuron, loss and everything else are the row's -- to
 # fit more steps in the budget.
 BUDGETS: dict[str, Budget] = {
-    "tsslbp_cifar10": Budget(minutes=6, batch=10, test=500),
-    "stbp_cifar10": Budget(minutes=6, batch=8, test=200),
-    "stbp_cifar100": Budget(minutes=6, batch=8, test=200),
-    "sg_dvs128_gesture": Budget(minutes=8, batch=8),
-    "sg_cifar10dvs": Budget(minutes=5, batch=4),
-    "calib_cifar10": Budget(minutes=6, batch=32, test=1000),
-    "calib_cifar100": Budget(minutes=6, batch=32, test=1000),
-    "calib_cifar10@torch_init": Budget(minutes=6, batch=32, test=1000),
-    "calib_cifar100@torch_init": Budget(minutes=6, batch=32, test=1000),
+    "tsslbp_cifar10": Budget(minutes=5, batch=10, test=500),
+    "stbp_cifar10": Budget(minutes=5, batch=8, test=200, fit_steps=30),
+    "stbp_cifar100": Budget(minutes=5, batch=8, test=200, fit_steps=30),
+    "sg_dvs128_gesture": Budget(minutes=6, batch=8, fit_steps=30),
+    "sg_cifar10dvs": Budget(minutes=4, batch=4, fit_steps=20),
+    "calib_cifar10": Budget(minutes=11, batch=32, test=1000, fit_steps=100),
+    "calib_cifar100": Budget(minutes=11, batch=32, test=1000, fit_steps=100),
+    "calib_cifar10@torch_init": Budget(minutes=6, batch=32, test=1000, fit_steps=100),
+    "calib_cifar100@torch_init": Budget(minutes=6, batch=32, test=1000, fit_steps=100),
 }
 DEFAULT_ROWS = [row for row in BUDGETS if "@" not in row]
 VARIANTS = {"torch_init": ["model.init=torch"]}
@@ -147,7 +153,7 @@ def row_config(row: str, data_dir: Path) -> DictConfig:
     overrides = [f"experiment={name}", f"paths.data_dir={data_dir}", "logger=csv",
                  "trainer.enable_progress_bar=false"]
     if name.startswith("sg_"):  # the DVS rows' networks on N-MNIST frames
-        overrides += ["data=nmnist", "data.datamodule.T=16", "data.datamodule.num_workers=2",
+        overrides += ["data=nmnist", "T=16", "data.datamodule.num_workers=2",
                       "data.datamodule.eval_batch_size=8"]  # 128 x 128 x 16 frames: 256 would OOM
     else:  # CIFAR-10 images; CIFAR-100 rows keep their normalization and their 100-way head
         overrides += ["data.datamodule.dataset=cifar10", "data.datamodule.layout=folders",
@@ -251,6 +257,50 @@ def train(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDat
     return recorder
 
 
+class DropoutOff(L.Callback):
+    """Dropout layers in eval mode during training (everything else, BN included, trains)."""
+
+    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        for m in module.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd) or "Dropout" in type(m).__name__:
+                m.eval()
+
+
+def fit_fixed_batch(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
+                    batch: int, steps: int) -> tuple[list[float], float, float]:
+    """Can the row's network, loss and optimizer fit one fixed batch? ``steps`` optimizer steps on
+    the same ``batch`` training samples (one stratified draw, one augmentation, dropout off), as
+    in a real run otherwise (the row's optimizer, clipping and method hooks). Returns the loss per
+    step and the batch's accuracy before and after."""
+    train = datamodule.train_set
+    labels = list(train.labels) if hasattr(train, "labels") else labels_of(train)
+    picked = stratified_subset(list(range(len(labels))), labels, max(1, batch // 10)).indices[:batch]
+    samples = [train[i] for i in picked]
+    x = torch.stack([s[0] for s in samples])
+    y = torch.tensor([int(s[1]) for s in samples])
+
+    @torch.inference_mode()
+    def accuracy() -> float:
+        module.eval()
+        return 100.0 * float((module(x).argmax(1) == y).float().mean())
+
+    before = accuracy()
+    module.train()  # Lightning keeps the modes it finds
+    stage = cfg.method.pretrain
+    module.set_optimization(instantiate(stage.optimizer), None)
+    recorder = StepRecorder(first_layer(module))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=len(y))
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=steps,
+                        max_epochs=-1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, callbacks=[recorder, DropoutOff()],
+                        gradient_clip_val=stage.get("gradient_clip_val"),
+                        gradient_clip_algorithm=stage.get("gradient_clip_algorithm"))
+    trainer.fit(module, train_dataloaders=loader)
+    return recorder.loss, before, accuracy()
+
+
 @torch.inference_mode()
 def test_accuracy(module: L.LightningModule, datamodule: L.LightningDataModule) -> float:
     module.eval()
@@ -292,6 +342,8 @@ class RowResult:
     snn_acc: dict[str, float] = field(default_factory=dict)
     snn_test_samples: int = 0
     loss_curve: list[float] = field(default_factory=list)
+    fit_loss: list[float] = field(default_factory=list)  # fixed-batch fit: loss per step
+    fit_acc: tuple[float, float] = (0.0, 0.0)             # ... its accuracy before, after
 
 
 def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1) -> RowResult:
@@ -299,8 +351,12 @@ def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1) -> Ro
     cfg = row_config(row, data_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = prepare(cfg, budget, head_classes(row))
-    module = build_module(cfg, datamodule)
     batch = budget.batch or int(cfg.method.pretrain.batch_size)
+    fit_steps = min(budget.fit_steps, max_steps) if max_steps > 0 else budget.fit_steps
+    fit_loss, *fit_acc = fit_fixed_batch(cfg, build_module(cfg, datamodule), datamodule, batch,
+                                         fit_steps)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    module = build_module(cfg, datamodule)
     recorder = train(cfg, module, datamodule, budget.minutes, batch, max_steps)
     acc = test_accuracy(module, datamodule)
     test_samples = len(datamodule.test_set)
@@ -322,7 +378,7 @@ def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1) -> Ro
                      cpu_hours_full=steps_full * step_s * published_batch / batch / 3600,
                      wall_s=time.time() - start, snn_acc=snn_acc,
                      snn_test_samples=len(datamodule.test_set) if snn_acc else 0,
-                     loss_curve=curve(recorder.loss))
+                     loss_curve=curve(recorder.loss), fit_loss=fit_loss, fit_acc=tuple(fit_acc))
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -330,16 +386,18 @@ def markdown(results: list[RowResult]) -> str:
     lines = ["| row | steps x batch | train / test images | test acc (chance) | converted SNN "
              "none / light (test images) | train loss first -> last fifth | first-layer "
              "grad/w first -> last | step s | full pretraining: steps at the published batch, "
-             "CPU h | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "CPU h | fixed batch: steps, loss first -> last (acc before -> after) | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         snn = (" / ".join(f"{r.snn_acc[k]:.1f}" for k in ("none", "light") if k in r.snn_acc)
                + f" ({r.snn_test_samples})") if r.snn_acc else "--"
+        fit = (f"{len(r.fit_loss)}, {r.fit_loss[0]:.4g} -> {r.fit_loss[-1]:.4g} "
+               f"({r.fit_acc[0]:.0f} -> {r.fit_acc[1]:.0f})") if r.fit_loss else "--"
         lines.append(
             f"| `{r.row}` | {r.steps} x {r.batch} | {r.train_samples} / {r.test_samples} | "
             f"{r.test_acc:.1f} ({r.chance:.0f}) | {snn} | {r.loss_first:.4g} -> {r.loss_last:.4g} | "
             f"{r.grad_ratio_first:.1e} -> {r.grad_ratio_last:.1e} | {r.step_s:.2f} | "
-            f"{r.steps_full:,}, {r.cpu_hours_full:,.0f} | {r.wall_s:.0f} |")
+            f"{r.steps_full:,}, {r.cpu_hours_full:,.0f} | {fit} | {r.wall_s:.0f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -369,8 +427,9 @@ def main() -> None:
     results = [RowResult(**r) for name, r in previous.items() if name not in rows]
     for row in rows:
         budget = BUDGETS[row]
-        budget = Budget(budget.minutes * args.scale, budget.batch, 50 if args.probe else budget.test,
-                        20 if args.probe else budget.snn_test)
+        budget = replace(budget, minutes=budget.minutes * args.scale)
+        if args.probe:
+            budget = replace(budget, test=50, snn_test=20)
         print(f"[row_smoke] {row}: {budget}", flush=True)
         results.append(run_row(row, budget, args.data_dir, max_steps=3 if args.probe else -1))
         print(f"[row_smoke] {json.dumps(asdict(results[-1]))}", flush=True)

@@ -3,7 +3,7 @@
 
 Rebuilds the datamodule and network from ``<run_dir>/.hydra/config.yaml``, loads the chosen
 weights of the run folder and prints the test accuracy next to the one in ``summary.json``.
-The logic lives in :mod:`cbpqsnn.evaluation`.
+The logic lives in :mod:`cbpqsnn.run_folder`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     # Lightning's startup tips and device lines are noise next to one accuracy line
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     args = parse_args(argv)
-    from cbpqsnn.evaluation import evaluate_run, load_run_config, recorded_accuracy, weights_path
+    from cbpqsnn.run_folder import evaluate_run, load_run_config, recorded_accuracy, weights_path
 
     try:
         cfg = load_run_config(args.run_dir)

@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # runs from a plain ch
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cbpqsnn.report import report_sweep
+    from cbpqsnn.reporting import report_sweep
 
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -30,10 +30,15 @@ def main(cfg: DictConfig) -> float:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+    from cbpqsnn.config_check import ConfigError
     from cbpqsnn.pipeline import run
-    from cbpqsnn.report import print_summary
+    from cbpqsnn.reporting import print_summary
 
-    summary = run(cfg, HydraConfig.get().runtime.output_dir)
+    try:
+        summary = run(cfg, HydraConfig.get().runtime.output_dir)
+    except ConfigError as err:  # the message says what to write instead; no traceback needed
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     print_summary(summary, HydraConfig.get().runtime.output_dir)
     logging.getLogger(__name__).info("summary: %s", json.dumps(summary))
     return summary["quant_acc"]

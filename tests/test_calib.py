@@ -23,10 +23,10 @@ from cbpqsnn.conversion import (
     spiking_means,
 )
 from cbpqsnn.conversion.neuron import IFNeuron
-from cbpqsnn.evaluation import evaluate_run
 from cbpqsnn.methods.calib import CalibClassifier
 from cbpqsnn.neurons import ATan, spike
 from cbpqsnn.pipeline import run
+from cbpqsnn.run_folder import evaluate_run
 from tests.conftest import compose
 
 

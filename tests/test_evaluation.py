@@ -1,4 +1,4 @@
-"""``cbpqsnn.evaluation.evaluate_run`` (and ``src/eval.py``) on a tiny run folder made here."""
+"""``cbpqsnn.run_folder.evaluate_run`` (and ``src/eval.py``) on a tiny run folder made here."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from cbpqsnn.evaluation import evaluate_run  # noqa: E402
 from cbpqsnn.pipeline import run  # noqa: E402
 from cbpqsnn.quant.export import unpack_state_dict  # noqa: E402
+from cbpqsnn.run_folder import evaluate_run  # noqa: E402
 
 TINY = [
     "logger=csv",

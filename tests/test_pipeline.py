@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from cbpqsnn.callbacks import NonFiniteLossError
+from cbpqsnn.guards import NonFiniteLossError
 from cbpqsnn.methods.stbp import STBPClassifier
 from cbpqsnn.pipeline import run
 from tests.conftest import ROOT
@@ -119,20 +119,23 @@ def test_cli_unknown_option_lists_the_available_ones():
     assert "stbp" in result.stderr  # the available options are listed
 
 
-@pytest.mark.parametrize("method", ["stbp", "sg", "tsslbp"])
-def test_the_method_runs_as_many_steps_as_the_event_data_has_frames(method):
+@pytest.mark.parametrize("method", ["stbp", "sg", "tsslbp", "calib"])
+def test_one_top_level_T_feeds_the_method_and_the_event_data(method):
     from tests.conftest import compose
 
-    assert compose([f"method={method}", "data=nmnist"]).method.module.T == 16
-    assert compose([f"method={method}", "data=nmnist", "data.datamodule.T=6"]).method.module.T == 6
-    assert compose([f"method={method}"]).method.module.T == (5 if method == "tsslbp" else 4)
+    default = {"tsslbp": 5, "calib": 32}.get(method, 4)  # the method group's default
+    cfg = compose([f"method={method}", "data=nmnist"])
+    assert cfg.T == cfg.method.module.T == cfg.data.datamodule.T == default
+    cfg = compose([f"method={method}", "data=nmnist", "T=6"])
+    assert cfg.method.module.T == cfg.data.datamodule.T == 6
+    assert compose([f"method={method}"]).method.module.T == default
 
 
 def test_event_data_and_method_disagreeing_on_T_is_a_clear_error(tmp_path):
     from types import SimpleNamespace
 
+    from cbpqsnn.builders import build_module
     from cbpqsnn.data.frames import FrameSpec
-    from cbpqsnn.pipeline import build_module
     from tests.conftest import compose
 
     cfg = compose(["method=sg", "data=nmnist", "method.module.T=8"])

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cbpqsnn.report import aggregate, report_sweep
+from cbpqsnn.reporting import aggregate, report_sweep
 from tests.conftest import ROOT, TINY
 
 

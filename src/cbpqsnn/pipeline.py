@@ -15,69 +15,18 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from cbpqsnn.callbacks import FiniteLossGuard
+from cbpqsnn.builders import build_datamodule, build_module, evaluate, make_trainer
 from cbpqsnn.checkpoints import load_pretrained
+from cbpqsnn.config_check import check_config
+from cbpqsnn.guards import FiniteLossGuard
 from cbpqsnn.loggers import finish_loggers, make_loggers
-from cbpqsnn.methods.base import SpikingClassifier
-from cbpqsnn.quant.callback import CBPCallback
+from cbpqsnn.quant.callback import NO_QUANT, CBPCallback
 from cbpqsnn.quant.export import pack_state_dict, packed_payload_bytes
 from cbpqsnn.quant.memory import weight_memory
-
-NO_QUANT = ("none",)
-
-
-def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
-    return instantiate(cfg.data.datamodule)
-
-
-def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> SpikingClassifier:
-    method_cfg = OmegaConf.to_container(cfg.method.module, resolve=True)
-    frames = getattr(getattr(datamodule, "spec", None), "T", None)
-    if frames is not None and int(method_cfg["T"]) != int(frames):
-        raise ValueError(
-            f"the event data gives T = {frames} frames per sample but method.module.T = "
-            f"{method_cfg['T']}; set both to the same value (e.g. data.datamodule.T={method_cfg['T']} "
-            "or method.module.T=" f"{frames}; to train on a subset of the frames use "
-            "method.module.train_time_steps)"
-        )
-    cls = get_class(method_cfg.pop("_target_"))
-    return cls(model=OmegaConf.to_container(cfg.model, resolve=True),
-               in_shape=tuple(datamodule.in_shape), num_classes=int(datamodule.num_classes),
-               **method_cfg)
-
-
-def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int,
-                 callbacks: list[L.Callback], loggers: list | bool = False,
-                 gradient_clip_val: float | None = None,
-                 gradient_clip_algorithm: str | None = None) -> L.Trainer:
-    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    progress = trainer_cfg.pop("enable_progress_bar", True)
-    callbacks = list(callbacks)
-    if progress:
-        callbacks.append(RichProgressBar(leave=False))
-    return L.Trainer(
-        **trainer_cfg,
-        max_epochs=max_epochs,
-        callbacks=callbacks,
-        logger=loggers,
-        enable_progress_bar=progress,
-        enable_model_summary=False,
-        default_root_dir=str(run_dir),
-        gradient_clip_val=gradient_clip_val,
-        gradient_clip_algorithm=gradient_clip_algorithm,
-    )
-
-
-def evaluate(cfg: DictConfig, run_dir: Path, module: L.LightningModule,
-             datamodule: L.LightningDataModule) -> float:
-    """Test accuracy in percent."""
-    trainer = make_trainer(cfg, run_dir, "test", 1, [], loggers=False)
-    (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
-    return 100.0 * float(metrics["test/acc"])
 
 
 def _set_batch_size(datamodule: L.LightningDataModule, batch_size: int | None) -> None:
@@ -113,16 +62,14 @@ def make_cbp_callback(cfg: DictConfig) -> CBPCallback:
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Run the whole pipeline for a composed config; returns the summary written to disk."""
+    """Run the whole pipeline for a composed config; returns the summary written to disk.
+    The config is checked first (:func:`check_config`): a bad key or value fails here, before
+    any data is read."""
     start = time.time()
+    check_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    quantize = cfg.quant.algorithm not in NO_QUANT
-    if cfg.get("resume") and not cfg.get("pretrained"):
-        raise ValueError("resume=<cbp checkpoint> also needs pretrained=<the FP32 checkpoint the "
-                         "CBP stage started from> (the FP32 accuracy is measured on it)")
-    if cfg.get("resume") and not quantize:
-        raise ValueError("resume=<cbp checkpoint> needs a quantized run; quant=fp32 has no CBP stage")
+    quantize = cfg.quant.algorithm != NO_QUANT
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build_datamodule(cfg)
@@ -156,23 +103,22 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         cbp = make_cbp_callback(cfg)
         _fit_stage(cfg, run_dir, "cbp", module, datamodule, cfg.method.cbp, [cbp], "cbp",
                    ckpt_path=cfg.get("resume"))
-        cbp.bake()
+        cbp_result = cbp.result()  # baked
         quant_acc = evaluate(cfg, run_dir, module, datamodule)
-        memory = weight_memory(module, cbp.layer_names, cbp.bits)
+        memory = weight_memory(module, cbp_result.layer_names, cbp_result.bits)
         state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
         _atomic_torch_save(state, run_dir / "quantized.pt")
-        packed = pack_state_dict(state, {n: lv.cpu() for n, lv in cbp.baked_levels().items()},
-                                 cbp.bits)
+        packed = pack_state_dict(state, cbp_result.levels, cbp_result.bits)
         _atomic_torch_save(packed, run_dir / "quantized_packed.pt")
         parameters = {n for n, _ in module.named_parameters()}
         summary.update(
-            quant_acc=quant_acc, acc_delta=quant_acc - fp32_acc, cfs_final=cbp.cfs(),
-            levels_ok=cbp.levels_ok(), bits_per_weight=cbp.bits,
+            quant_acc=quant_acc, acc_delta=quant_acc - fp32_acc, cfs_final=cbp_result.cfs,
+            levels_ok=cbp_result.levels_ok, bits_per_weight=cbp_result.bits,
             weight_memory_bytes=memory.bytes, fp32_weight_memory_bytes=memory.fp32_bytes,
             memory_ratio=memory.ratio, packed_payload_bytes=packed_payload_bytes(packed, parameters),
-            g_final=cbp.schedule.g, epochs_cbp=int(cfg.method.cbp.epochs),
-            quantized_layers=cbp.layer_names, cbp_checkpoint=str(run_dir / "checkpoints" / "cbp.ckpt"),
-            history=cbp.history,
+            g_final=cbp_result.g_final, epochs_cbp=int(cfg.method.cbp.epochs),
+            quantized_layers=cbp_result.layer_names,
+            cbp_checkpoint=str(run_dir / "checkpoints" / "cbp.ckpt"), history=cbp_result.history,
         )
     summary["wall_time_s"] = time.time() - start
     _atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))

@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
+from cbpqsnn.builders import build_datamodule
 from cbpqsnn.data.cifar import CIFARDataModule
 from cbpqsnn.data.cifar10dvs import CIFAR10DVSDataModule
 from cbpqsnn.data.dvs_gesture import DVSGestureDataModule
 from cbpqsnn.data.nmnist import NMNISTDataModule
-from cbpqsnn.pipeline import build_datamodule
 from tests.conftest import compose
 
 EXPECTED = {

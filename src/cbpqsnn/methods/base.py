@@ -7,8 +7,8 @@ and ``loss``. Nothing here knows about quantization: CBP is attached from outsid
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -21,31 +21,49 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 class SpikingClassifier(L.LightningModule):
     """Classifier backbone: ``net`` maps a batch to time-first outputs ``[T, B, classes]``;
-    ``readout`` turns them into class scores ``[B, classes]`` (argmax = prediction)."""
+    ``readout`` turns them into class scores ``[B, classes]`` (argmax = prediction).
+
+    A backbone names every method argument in its ``__init__`` (``method.module`` in the config:
+    an unknown key is an error) and lists the ``model`` options it reads, with their defaults, in
+    ``MODEL_OPTIONS`` (besides ``name`` and ``spec``; see :meth:`model_options`)."""
+
+    MODEL_OPTIONS: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
-        model: dict[str, Any],
+        model: Mapping[str, Any],
         in_shape: Sequence[int],
         num_classes: int,
         T: int,
         train_time_steps: int | None = None,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
-        **method_args: Any,
     ) -> None:
         super().__init__()
+        # collects the arguments of every __init__ in the call chain (the backbone's own too)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.num_classes = int(num_classes)
         self.in_shape = tuple(in_shape)
         self.train_time_steps = train_time_steps
-        self.net = self.build_net(dict(model), tuple(in_shape), self.num_classes, int(T))
+        self.net = self.build_net(self.model_options(model), tuple(in_shape), self.num_classes, int(T))
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.weight_decay_on_bias = True
         self.train_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(self.num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(self.num_classes, average="micro")
+
+    @classmethod
+    def model_options(cls, model: Mapping[str, Any]) -> dict[str, Any]:
+        """``model`` with this backbone's ``MODEL_OPTIONS`` defaults filled in. A key the backbone
+        does not read is an error naming the valid ones (a typo would otherwise be ignored)."""
+        valid = ["name", "spec", *cls.MODEL_OPTIONS]
+        unknown = sorted(set(model) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown model key(s) {unknown} for {cls.__name__}; valid keys: {valid}")
+        if "spec" not in model:
+            raise ValueError("the model config has no 'spec' (the layer list, e.g. [C16, P2, FC64])")
+        return {**cls.MODEL_OPTIONS, **model}
 
     # -- what a method defines ------------------------------------------------------------
     def build_net(self, model: dict[str, Any], in_shape: tuple[int, ...], num_classes: int,

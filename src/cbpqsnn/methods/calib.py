@@ -7,8 +7,9 @@ integrate-and-fire neurons (reset by subtraction, input shift ``V_th / 2T``), ca
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -44,26 +45,39 @@ class CalibClassifier(SpikingClassifier):
     (false).
     """
 
+    MODEL_OPTIONS: ClassVar[dict[str, Any]] = {
+        "batch_norm": False, "conv_dropout": 0.0, "dropout": 0.0, "spiking_pool": False,
+        "init": "torch"}
+
+    def __init__(self, model: Mapping[str, Any], in_shape: Sequence[int], num_classes: int, T: int,
+                 *, finetune_T: int | None = None, calibration: str = "light",
+                 report_levels: Sequence[str] = (), threshold_batches: int = 5,
+                 threshold_momentum: float = 0.9, threshold_grid_steps: int = 95,
+                 threshold_grid_step: float = 0.01, dead_threshold: float = 1.0,
+                 calibration_batch_size: int | None = None, eval_batches: int | None = None,
+                 conversion_device: str = "auto", surrogate: str = "atan",
+                 surrogate_args: Mapping[str, float] | None = None, input_shift: bool = True,
+                 detach_reset: bool = False, **base: Any) -> None:
+        super().__init__(model, in_shape, num_classes, T, **base)
+
     def build_net(self, model: dict[str, Any], in_shape: tuple[int, ...], num_classes: int,
                   T: int) -> nn.Module:
         hp = self.hparams
-        surrogate = make_surrogate(hp.get("surrogate", "atan"), **dict(hp.get("surrogate_args") or {}))
-        neuron = partial(IFNeuron, surrogate=surrogate, input_shift=hp.get("input_shift", True),
-                         detach_reset=hp.get("detach_reset", False))
+        surrogate = make_surrogate(hp.surrogate, **dict(hp.surrogate_args or {}))
+        neuron = partial(IFNeuron, surrogate=surrogate, input_shift=hp.input_shift,
+                         detach_reset=hp.detach_reset)
         self.settings = ConversionSettings(
-            calibration=hp.get("calibration", "light"),
-            report_levels=tuple(hp.get("report_levels") or ()),
-            grid=ThresholdGrid(int(hp.get("threshold_grid_steps", 95)),
-                               float(hp.get("threshold_grid_step", 0.01))),
-            momentum=float(hp.get("threshold_momentum", 0.9)),
-            dead_threshold=float(hp.get("dead_threshold", 1.0)),
+            calibration=hp.calibration,
+            report_levels=tuple(hp.report_levels or ()),
+            grid=ThresholdGrid(int(hp.threshold_grid_steps), float(hp.threshold_grid_step)),
+            momentum=float(hp.threshold_momentum),
+            dead_threshold=float(hp.dead_threshold),
         )
         return build_convertible_net(model["spec"], in_shape, num_classes, T,
-                                     batch_norm=model.get("batch_norm", False),
-                                     conv_dropout=model.get("conv_dropout", 0.0),
-                                     dropout=model.get("dropout", 0.0), neuron=neuron,
-                                     spiking_pool=model.get("spiking_pool", False),
-                                     init=model.get("init", "torch"))
+                                     batch_norm=model["batch_norm"],
+                                     conv_dropout=model["conv_dropout"],
+                                     dropout=model["dropout"], neuron=neuron,
+                                     spiking_pool=model["spiking_pool"], init=model["init"])
 
     def readout(self, out: Tensor) -> Tensor:
         return out.sum(0)
@@ -80,19 +94,19 @@ class CalibClassifier(SpikingClassifier):
         if net.is_spiking:
             return {"calibration": "loaded converted", "T": net.T}
         hp = self.hparams
-        net.T = int(hp["T"])  # the configured T, not the one an ANN checkpoint was built with
+        net.T = int(hp.T)  # the configured T, not the one an ANN checkpoint was built with
         datamodule.setup("fit")
-        self.to(_conversion_device(hp.get("conversion_device", "auto")))
+        self.to(_conversion_device(hp.conversion_device))
         was_training = self.training
         self.eval()
-        eval_batches = hp.get("eval_batches")
+        eval_batches = hp.eval_batches
         ann_acc = self._test_accuracy(datamodule, eval_batches)
-        batches = self._training_inputs(datamodule, int(hp.get("threshold_batches", 5)),
-                                        hp.get("calibration_batch_size"))
+        batches = self._training_inputs(datamodule, int(hp.threshold_batches),
+                                        hp.calibration_batch_size)
         result = convert(net, batches, self.settings,
                          evaluate=lambda: self._test_accuracy(datamodule, eval_batches))
         conversion_T = net.T
-        set_simulation_length(net, int(hp.get("finetune_T") or conversion_T))
+        set_simulation_length(net, int(hp.finetune_T or conversion_T))
         self.train(was_training)
         return {"ann_acc": ann_acc, "snn_acc": result.accuracy,
                 "calibration": self.settings.calibration, "T": conversion_T,

@@ -4,8 +4,9 @@ batch-norm, a non-spiking classifier; cross-entropy on the output averaged over 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -25,19 +26,26 @@ class SGClassifier(SpikingClassifier):
     ``zero_init_residual`` (false): start every SEW block as the identity (its last BN weight 0).
     """
 
+    MODEL_OPTIONS: ClassVar[dict[str, Any]] = {
+        "bias": False, "dropout": 0.0, "batch_norm": True, "classifier_bias": True,
+        "zero_init_residual": False}
+
+    def __init__(self, model: Mapping[str, Any], in_shape: Sequence[int], num_classes: int, T: int,
+                 *, tau0: float = 2.0, learnable_tau: bool = True, v_threshold: float = 1.0,
+                 v_reset: float = 0.0, surrogate: str = "atan",
+                 surrogate_args: Mapping[str, float] | None = None, **base: Any) -> None:
+        super().__init__(model, in_shape, num_classes, T, **base)
+
     def build_net(self, model: dict[str, Any], in_shape: tuple[int, ...], num_classes: int,
                   T: int) -> nn.Module:
         hp = self.hparams
-        surrogate = make_surrogate(hp.get("surrogate", "atan"), **dict(hp.get("surrogate_args") or {}))
-        neuron = partial(ParametricLIF, tau0=hp.get("tau0", 2.0),
-                         learnable=hp.get("learnable_tau", True),
-                         v_threshold=hp.get("v_threshold", 1.0), v_reset=hp.get("v_reset", 0.0),
-                         surrogate=surrogate)
+        surrogate = make_surrogate(hp.surrogate, **dict(hp.surrogate_args or {}))
+        neuron = partial(ParametricLIF, tau0=hp.tau0, learnable=hp.learnable_tau,
+                         v_threshold=hp.v_threshold, v_reset=hp.v_reset, surrogate=surrogate)
         net = build_spiking_net(model["spec"], in_shape, num_classes, neuron, T,
-                                bias=model.get("bias", False), dropout=model.get("dropout", 0.0),
-                                spiking_output=False, batch_norm=model.get("batch_norm", True),
-                                classifier_bias=model.get("classifier_bias", True))
-        if model.get("zero_init_residual", False) and zero_init_residuals(net) == 0:
+                                bias=model["bias"], dropout=model["dropout"], spiking_output=False,
+                                batch_norm=model["batch_norm"], classifier_bias=model["classifier_bias"])
+        if model["zero_init_residual"] and zero_init_residuals(net) == 0:
             raise ValueError(f"model.zero_init_residual needs SEW blocks in the spec {model['spec']}")
         return net
 

@@ -6,9 +6,9 @@ optimizer step."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +59,7 @@ def build_tssl_net(model: dict[str, Any], in_shape: tuple[int, ...], num_classes
     default init, FC Kaiming-normal, times ``conv_weight_scale`` / ``fc_weight_scale``."""
     neuron = partial(TSSLNeuron, constants, custom_backward)
     net = build_spiking_net(model["spec"], in_shape, num_classes, neuron, T, bias=False,
-                            dropout=model.get("dropout", 0.0), spiking_output=True)
+                            dropout=model["dropout"], spiking_output=True)
     layers: list[nn.Module] = [PSPInput(constants.tau_s)]
     for layer in net.layers:
         if isinstance(layer, nn.MaxPool2d):
@@ -72,10 +72,10 @@ def build_tssl_net(model: dict[str, Any], in_shape: tuple[int, ...], num_classes
     with torch.no_grad():
         for layer in layers:
             if isinstance(layer, nn.Conv2d):
-                layer.weight.mul_(model.get("conv_weight_scale", 1.0))
+                layer.weight.mul_(model["conv_weight_scale"])
             elif isinstance(layer, nn.Linear):
                 nn.init.kaiming_normal_(layer.weight)
-                layer.weight.mul_(model.get("fc_weight_scale", 1.0))
+                layer.weight.mul_(model["fc_weight_scale"])
     return SpikingNet(layers, in_shape, T)
 
 
@@ -94,45 +94,51 @@ class TSSLClassifier(SpikingClassifier):
     ``loss_reduction`` (``sum`` as the reference code | ``mean``), ``weight_clamp`` (4; null: off).
     """
 
-    def __init__(self, model: dict[str, Any], in_shape: Sequence[int], num_classes: int, T: int, *,
-                 double_filtered_target: bool = True, **kwargs: Any) -> None:
-        super().__init__(model, in_shape, num_classes, T,
-                         double_filtered_target=bool(double_filtered_target), **kwargs)
+    MODEL_OPTIONS: ClassVar[dict[str, Any]] = {
+        "bias": False, "dropout": 0.0, "conv_weight_scale": 1.0, "fc_weight_scale": 1.0}
+
+    def __init__(self, model: Mapping[str, Any], in_shape: Sequence[int], num_classes: int, T: int,
+                 *, tau_m: float = 5.0, tau_s: float = 3.0, v_threshold: float = 1.0,
+                 max_inverse_slope: float = 8.0, fallback_scale: float = 0.2,
+                 fallback_clamp: float = 8.0, silent_trace: float = 0.25, backward: str = "tssl",
+                 pool_scale: float = 1.1, desired_spikes: Sequence[float] | None = None,
+                 double_filtered_target: bool = True, loss_reduction: str = "sum",
+                 weight_clamp: float | None = 4.0, **base: Any) -> None:
+        if backward not in BACKWARDS:
+            raise ValueError(f"unknown backward {backward!r}; valid choices: {list(BACKWARDS)}")
+        if loss_reduction not in REDUCTIONS:
+            raise ValueError(f"unknown loss_reduction {loss_reduction!r}; valid choices: {list(REDUCTIONS)}")
+        super().__init__(model, in_shape, num_classes, T, **base)
         self.double_filtered_target = bool(double_filtered_target)
 
     @property
     def constants(self) -> TSSLConstants:
         hp = self.hparams
-        return TSSLConstants(**{k: float(hp[k]) for k in TSSLConstants.__dataclass_fields__ if k in hp})
+        return TSSLConstants(**{k: float(hp[k]) for k in TSSLConstants.__dataclass_fields__})
 
     def build_net(self, model: dict[str, Any], in_shape: tuple[int, ...], num_classes: int,
                   T: int) -> nn.Module:
-        hp = self.hparams
-        backward = hp.get("backward", "tssl")
-        if backward not in BACKWARDS:
-            raise ValueError(f"unknown backward {backward!r}; valid choices: {list(BACKWARDS)}")
-        if hp.get("loss_reduction", "sum") not in REDUCTIONS:
-            raise ValueError(f"unknown loss_reduction {hp.get('loss_reduction')!r}; valid choices: "
-                             f"{list(REDUCTIONS)}")
+        if model["bias"]:
+            raise ValueError("TSSL-BP layers have no bias (reference code): set model.bias=false")
         return build_tssl_net(model, in_shape, num_classes, T, self.constants,
-                              custom_backward=backward == "tssl",
-                              pool_scale=float(self.hparams.get("pool_scale", 1.1)))
+                              custom_backward=self.hparams.backward == "tssl",
+                              pool_scale=float(self.hparams.pool_scale))
 
     def readout(self, out: Tensor) -> Tensor:
         return out.sum(0)
 
     def loss(self, out: Tensor, target: Tensor) -> Tensor:
-        trace = target_trace(out.shape[0], self.constants.tau_s, self.hparams.get("desired_spikes"),
+        trace = target_trace(out.shape[0], self.constants.tau_s, self.hparams.desired_spikes,
                              self.double_filtered_target).to(out)
         hot = nn.functional.one_hot(target, self.num_classes).to(out.dtype)  # [B, C]
         desired = trace.view(-1, 1, 1) * hot.unsqueeze(0)                     # [T, B, C]
         per_sample = 0.5 * (out - desired).square().sum(dim=(0, 2))
-        return per_sample.sum() if self.hparams.get("loss_reduction", "sum") == "sum" else per_sample.mean()
+        return per_sample.sum() if self.hparams.loss_reduction == "sum" else per_sample.mean()
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimizer step, then every weight clamped to ``[-weight_clamp, weight_clamp]``."""
         super().optimizer_step(*args, **kwargs)
-        bound = self.hparams.get("weight_clamp", 4.0)
+        bound = self.hparams.weight_clamp
         if bound is not None:
             with torch.no_grad():
                 for p in self.net.parameters():

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -34,7 +35,23 @@ from cbpqsnn.quant.schedule import WindowSchedule
 from cbpqsnn.quant.selection import select_layers
 
 ALGORITHMS = ("cbp", "ste")
+NO_QUANT = "none"  # quant.algorithm of an FP32-only run (quant=fp32): no CBP / STE stage
 MULTIPLIER_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+
+
+@dataclass(frozen=True)
+class CBPResult:
+    """What a finished (baked) CBP / STE stage hands the pipeline: the quantized layers, bits per
+    weight, each layer's levels, the final CFS, whether every weight sits on a level, the final
+    window index g and the per-epoch history (g, CFS, Lagrangian, task loss)."""
+
+    layer_names: list[str]
+    bits: int
+    levels: dict[str, Tensor]
+    cfs: float
+    levels_ok: bool
+    g_final: int
+    history: dict[str, list[float]]
 
 
 class CBPCallback(L.Callback):
@@ -42,10 +59,10 @@ class CBPCallback(L.Callback):
 
     def __init__(
         self,
-        levels: str = "binary",
+        levels: str | Sequence[float] = "binary",
         algorithm: str = "cbp",
         multiplier_optimizer: str = "adam",
-        multiplier_lr: float = 5e-4,
+        multiplier_lr: float = 1e-4,
         multiplier_weight_decay: float = 0.0,
         p_max: int = 20,
         lr_drop_at_g: int | None = 20,
@@ -62,8 +79,8 @@ class CBPCallback(L.Callback):
         if multiplier_optimizer not in MULTIPLIER_OPTIMIZERS:
             raise ValueError(f"unknown multiplier optimizer {multiplier_optimizer!r}; "
                              f"valid choices: {sorted(MULTIPLIER_OPTIMIZERS)}")
-        self.level_set = levels
         self.factors = level_factors(levels)
+        self.level_set = levels if isinstance(levels, str) else list(self.factors)
         self.bits = bits_per_weight(self.factors)
         self.algorithm = algorithm
         self.multiplier_optimizer_name = multiplier_optimizer
@@ -151,6 +168,14 @@ class CBPCallback(L.Callback):
         if self.baked:
             return dict(self._levels_table)
         return {n: self.levels(n) for n in self.layer_names}
+
+    def result(self) -> CBPResult:
+        """Bake (if not yet) and return the stage's :class:`CBPResult`."""
+        self.bake()
+        return CBPResult(layer_names=list(self.layer_names), bits=self.bits,
+                         levels={n: lv.cpu() for n, lv in self.baked_levels().items()},
+                         cfs=self.cfs(), levels_ok=self.levels_ok(), g_final=self.schedule.g,
+                         history=self.history)
 
     # ------------------------------------------------------------------ metrics
     def _all_latents(self) -> list[tuple[str, Tensor, Tensor]]:

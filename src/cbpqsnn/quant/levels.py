@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -18,19 +19,34 @@ _FACTORS: dict[str, tuple[float, ...]] = {
 LEVEL_SETS = (*_FACTORS, "intN (N >= 2, e.g. int4)")
 
 
-def level_factors(name: str) -> tuple[float, ...]:
-    """Ascending factor set ``F`` of a level-set name (binary, ternary, shift1, shift2, intN).
+def level_factors(levels: str | Sequence[float]) -> tuple[float, ...]:
+    """Ascending factor set ``F``: of a level-set name (binary, ternary, shift1, shift2, intN), or a
+    factor list as written in a ``conf/quant`` file (at least two distinct factors, the largest
+    ``|f|`` exactly 1 -- the layer's levels are ``a_l * F``; a new level set is one YAML file).
 
     ``intN``: symmetric uniform ``k / (2^(N-1) - 1)``, ``k = -(2^(N-1) - 1) ... 2^(N-1) - 1``.
     """
-    key = str(name).lower()
+    if not isinstance(levels, str):
+        try:
+            factors = tuple(sorted(float(f) for f in levels))
+        except (TypeError, ValueError):
+            raise ValueError(f"a level set is a name ({', '.join(LEVEL_SETS)}) or a list of "
+                             f"factors such as [-1, 0, 1], got {levels!r}") from None
+        if len(set(factors)) != len(factors) or len(factors) < 2:
+            raise ValueError(f"a factor list needs at least two distinct factors, got {list(factors)}")
+        if max(abs(f) for f in factors) != 1.0:
+            raise ValueError(f"the largest |factor| must be 1 (levels are a_l * F with the layer's "
+                             f"scale a_l), got {list(factors)}; divide the list by its largest |factor|")
+        return factors
+    key = str(levels).lower()
     if key in _FACTORS:
         return _FACTORS[key]
     m = re.fullmatch(r"int(\d+)", key)
     if m and int(m.group(1)) >= 2:
         top = 2 ** (int(m.group(1)) - 1) - 1
         return tuple(k / top for k in range(-top, top + 1))
-    raise ValueError(f"unknown level set {name!r}; valid choices: {', '.join(LEVEL_SETS)}")
+    raise ValueError(f"unknown level set {levels!r}; valid choices: {', '.join(LEVEL_SETS)}, or a "
+                     "factor list such as [-1, -0.5, 0, 0.5, 1]")
 
 
 def bits_per_weight(factors: tuple[float, ...] | list[float]) -> int:

@@ -3,7 +3,7 @@
 A run folder holds ``.hydra/config.yaml`` (the composed config) and the artifacts written by
 :func:`cbpqsnn.pipeline.run`. :func:`evaluate_run` rebuilds the datamodule and the network from
 that config, loads one set of weights and measures the test accuracy with
-:func:`cbpqsnn.pipeline.evaluate`:
+:func:`cbpqsnn.builders.evaluate`:
 
 * ``quantized``: ``quantized.pt``, the plain baked ``state_dict`` (strict load);
 * ``packed``: ``quantized_packed.pt``, restored with :func:`cbpqsnn.quant.export.unpack_state_dict`;
@@ -23,8 +23,9 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from cbpqsnn.builders import build_datamodule, build_module, evaluate
 from cbpqsnn.checkpoints import load_pretrained
-from cbpqsnn.pipeline import NO_QUANT, build_datamodule, build_module, evaluate
+from cbpqsnn.quant.callback import NO_QUANT
 from cbpqsnn.quant.export import unpack_state_dict
 
 WEIGHTS = ("quantized", "fp32", "packed")
@@ -83,7 +84,7 @@ def weights_path(run_dir: str | Path, weights: str, cfg: DictConfig | None = Non
     path = run_dir / WEIGHT_FILES[weights]
     if path.is_file():
         return path
-    fp32_only = cfg.quant.algorithm in NO_QUANT
+    fp32_only = cfg.quant.algorithm == NO_QUANT
     if weights == "fp32":
         pretrained = cfg.get("pretrained")
         if pretrained:

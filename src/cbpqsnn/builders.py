@@ -1,0 +1,60 @@
+"""What a run is built from, below the orchestrator (:mod:`cbpqsnn.pipeline`) and shared with
+the run-folder tools (:mod:`cbpqsnn.run_folder`) and the benchmarks: the datamodule, the backbone,
+the Lightning trainer of a stage, and a test evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import RichProgressBar
+from omegaconf import DictConfig, OmegaConf
+
+from cbpqsnn.config_check import frames_mismatch
+from cbpqsnn.methods.base import SpikingClassifier
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    return instantiate(cfg.data.datamodule)
+
+
+def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> SpikingClassifier:
+    method_cfg = OmegaConf.to_container(cfg.method.module, resolve=True)
+    frames = getattr(getattr(datamodule, "spec", None), "T", None)
+    if frames is not None and int(method_cfg["T"]) != int(frames):
+        raise ValueError(frames_mismatch(frames, method_cfg["T"]))
+    cls = get_class(method_cfg.pop("_target_"))
+    return cls(model=OmegaConf.to_container(cfg.model, resolve=True),
+               in_shape=tuple(datamodule.in_shape), num_classes=int(datamodule.num_classes),
+               **method_cfg)
+
+
+def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int,
+                 callbacks: list[L.Callback], loggers: list | bool = False,
+                 gradient_clip_val: float | None = None,
+                 gradient_clip_algorithm: str | None = None) -> L.Trainer:
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    progress = trainer_cfg.pop("enable_progress_bar", True)
+    callbacks = list(callbacks)
+    if progress:
+        callbacks.append(RichProgressBar(leave=False))
+    return L.Trainer(
+        **trainer_cfg,
+        max_epochs=max_epochs,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_progress_bar=progress,
+        enable_model_summary=False,
+        default_root_dir=str(run_dir),
+        gradient_clip_val=gradient_clip_val,
+        gradient_clip_algorithm=gradient_clip_algorithm,
+    )
+
+
+def evaluate(cfg: DictConfig, run_dir: Path, module: L.LightningModule,
+             datamodule: L.LightningDataModule) -> float:
+    """Test accuracy in percent."""
+    trainer = make_trainer(cfg, run_dir, "test", 1, [], loggers=False)
+    (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    return 100.0 * float(metrics["test/acc"])

@@ -1,0 +1,285 @@
+"""One check of the composed config before anything runs: :func:`check_config`.
+
+Every key must be one the code reads (a misspelled key would otherwise be ignored and a sweep over
+it would silently repeat the default) and every value must be in range (``epochs=-1`` would make
+Lightning train forever, ``batch_size=0`` would be skipped). All problems are collected and raised
+together as one :class:`ConfigError` that names each key, the valid keys or values, and what to
+write instead -- within seconds, before any data is read or any epoch runs.
+
+Where the valid keys come from (one home each, nothing restated here):
+
+- a node with ``_target_`` (data module, backbone, optimizer, scheduler): the target's signature
+  (for a class, every ``__init__`` up its bases while they pass ``**kwargs`` on);
+- ``model``: the backbone's ``MODEL_OPTIONS`` (:meth:`SpikingClassifier.model_options`);
+- the CBP settings (``method.cbp.callback``): :class:`CBPCallback`'s signature;
+- ``trainer``: ``lightning.Trainer``'s signature, less what the pipeline sets per stage;
+- the stage blocks (``method.pretrain`` / ``method.cbp``), ``quant``, ``logger`` and the top level:
+  the keys below, which the pipeline, the callback factory and the loggers read.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import get_object
+from omegaconf import DictConfig, OmegaConf
+
+from cbpqsnn.quant.callback import ALGORITHMS, MULTIPLIER_OPTIMIZERS, NO_QUANT, CBPCallback
+from cbpqsnn.quant.levels import level_factors
+
+TOP_KEYS = ("seed", "T", "pretrained", "resume", "row", "run_name", "paths", "data", "model",
+            "method", "quant", "trainer", "logger")
+METHOD_KEYS = ("name", "module", "pretrain", "cbp")
+DATA_KEYS = ("name", "datamodule")
+QUANT_KEYS = ("name", "levels", "algorithm")
+STAGE_KEYS = ("epochs", "batch_size", "optimizer", "scheduler", "gradient_clip_val",
+              "gradient_clip_algorithm", "weight_decay_on_bias")
+CBP_STAGE_KEYS = (*STAGE_KEYS, "callback")
+LOGGER_KEYS = ("csv", "wandb")
+WANDB_KEYS = ("enabled", "mode", "project", "entity", "group")
+WANDB_MODES = ("offline", "online", "disabled")
+CLIP_ALGORITHMS = ("norm", "value")
+# Trainer arguments the pipeline sets per stage (the stage block says them)
+TRAINER_SET_BY_PIPELINE = {
+    "max_epochs": "method.pretrain.epochs / method.cbp.epochs",
+    "gradient_clip_val": "method.<stage>.gradient_clip_val",
+    "gradient_clip_algorithm": "method.<stage>.gradient_clip_algorithm",
+    "callbacks": "the pipeline", "logger": "the logger group", "default_root_dir": "the run folder",
+    "enable_model_summary": "the pipeline",
+}
+# arguments a backbone receives from the pipeline, not from method.module
+MODULE_SET_BY_PIPELINE = ("model", "in_shape", "num_classes", "optimizer", "scheduler")
+HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+class ConfigError(ValueError):
+    """The composed config is invalid; the message lists every problem found."""
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` listing every unknown key and out-of-range value of ``cfg``."""
+    problems: list[str] = []
+    container = OmegaConf.to_container(cfg, resolve=True)
+    _keys(problems, "", container, TOP_KEYS)
+    _check_targets(problems, "", container)
+    _check_data(problems, container.get("data") or {})
+    module_cls = _check_method(problems, container.get("method") or {})
+    if module_cls is not None and isinstance(container.get("model"), Mapping):
+        try:
+            module_cls.model_options(container["model"])
+        except ValueError as err:
+            problems.append(str(err))
+    quantize = _check_quant(problems, container.get("quant") or {})
+    method = container.get("method") or {}
+    if not container.get("pretrained"):
+        _check_stage(problems, "method.pretrain", method.get("pretrain"), STAGE_KEYS)
+    if quantize:
+        _check_stage(problems, "method.cbp", method.get("cbp"), CBP_STAGE_KEYS)
+        _check_cbp_callback(problems, (method.get("cbp") or {}).get("callback") or {})
+    _check_time_steps(problems, container)
+    _check_trainer(problems, container.get("trainer") or {})
+    _check_logger(problems, container.get("logger") or {})
+    if container.get("resume") and not container.get("pretrained"):
+        problems.append("resume=<cbp checkpoint> also needs pretrained=<the FP32 checkpoint the "
+                        "CBP stage started from> (the FP32 accuracy is measured on it)")
+    if container.get("resume") and not quantize:
+        problems.append("resume=<cbp checkpoint> needs a quantized run; quant=fp32 has no CBP stage")
+    for key in ("pretrained", "resume"):
+        path = container.get(key)
+        if path and not Path(str(path)).is_file():
+            problems.append(f"{key}={path}: no such file (give the path of a .ckpt file)")
+    if problems:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}.{key}" if prefix else key
+
+
+def _keys(problems: list[str], where: str, node: Any, valid: Iterable[str]) -> None:
+    """An entry in ``problems`` for every key of ``node`` not in ``valid``."""
+    if not isinstance(node, Mapping):
+        return
+    valid = list(valid)
+    for key in node:
+        if key not in valid:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"unknown key {_join(where, str(key))!r}{hint}; valid keys: "
+                            f"{', '.join(valid)}")
+
+
+def _parameters(target: Any) -> tuple[list[str], bool]:
+    """Named parameters of a callable or class and whether it takes ``**kwargs`` on to nothing
+    (then its keys cannot be checked). A class collects ``__init__`` up its bases while each passes
+    ``**kwargs`` on."""
+    names: list[str] = []
+    for init in ([c.__dict__["__init__"] for c in target.__mro__ if "__init__" in c.__dict__]
+                 if inspect.isclass(target) else [target]):
+        signature = inspect.signature(init)
+        names += [p.name for p in signature.parameters.values()
+                  if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"]
+        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            return list(dict.fromkeys(names)), False
+    return list(dict.fromkeys(names)), True
+
+
+def _check_targets(problems: list[str], where: str, node: Any) -> None:
+    """Every ``_target_`` node's keys against its target's signature (recursively)."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_targets(problems, f"{where}[{i}]", item)
+        return
+    if not isinstance(node, Mapping):
+        return
+    if "_target_" in node:
+        try:
+            target = get_object(str(node["_target_"]))
+        except Exception as err:  # noqa: BLE001 -- hydra raises several kinds
+            problems.append(f"{_join(where, '_target_')}={node['_target_']!r} cannot be imported ({err})")
+        else:
+            names, open_ended = _parameters(target)
+            if where == "method.module":
+                problems += [f"method.module.{key} is set by the pipeline; remove it"
+                             for key in MODULE_SET_BY_PIPELINE if key in node]
+                node = {k: v for k, v in node.items() if k not in MODULE_SET_BY_PIPELINE}
+                names = [n for n in names if n not in MODULE_SET_BY_PIPELINE]
+            if not open_ended:
+                _keys(problems, where, node, [*names, *HYDRA_KEYS])
+    for key, value in node.items():
+        _check_targets(problems, _join(where, str(key)), value)
+
+
+def _positive(problems: list[str], where: str, value: Any, minimum: float = 0.0,
+              integer: bool = False, strict: bool = True, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    kind = "an integer" if integer else "a number"
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and integer:
+        ok = float(value).is_integer()
+    if ok:
+        ok = value > minimum if strict else value >= minimum
+    if not ok:
+        bound = f"> {minimum:g}" if strict else f">= {minimum:g}"
+        problems.append(f"{where}={value!r}: must be {kind} {bound}" + (" or null" if allow_none else ""))
+
+
+def _choice(problems: list[str], where: str, value: Any, choices: Iterable[str]) -> None:
+    """``value`` must be one of ``choices`` (or null: the code's default)."""
+    if value is not None and value not in choices:
+        problems.append(f"{where}={value!r}: valid choices: {', '.join(choices)} or null")
+
+
+def _check_data(problems: list[str], data: Mapping[str, Any]) -> None:
+    _keys(problems, "data", data, DATA_KEYS)
+    datamodule = data.get("datamodule") or {}
+    for key in ("batch_size", "eval_batch_size"):
+        if key in datamodule:
+            _positive(problems, f"data.datamodule.{key}", datamodule[key], 1, integer=True, strict=False)
+
+
+def _check_method(problems: list[str], method: Mapping[str, Any]) -> type | None:
+    _keys(problems, "method", method, METHOD_KEYS)
+    module = method.get("module") or {}
+    try:
+        return get_object(str(module.get("_target_")))
+    except Exception:  # noqa: BLE001 -- reported by _check_targets
+        return None
+
+
+def _check_quant(problems: list[str], quant: Mapping[str, Any]) -> bool:
+    """Checks ``quant``; True when the run has a CBP / STE stage."""
+    _keys(problems, "quant", quant, QUANT_KEYS)
+    algorithm = quant.get("algorithm")
+    if algorithm == NO_QUANT:
+        return False
+    if algorithm not in ALGORITHMS:
+        problems.append(f"quant.algorithm={algorithm!r}: valid choices: {', '.join([*ALGORITHMS, NO_QUANT])}"
+                        " (or quant=fp32 for no quantization)")
+    try:
+        level_factors(quant.get("levels"))
+    except ValueError as err:
+        problems.append(f"quant.levels: {err} (or pick a conf/quant option, e.g. quant=ternary)")
+    return True
+
+
+def _check_stage(problems: list[str], where: str, stage: Any, valid: Iterable[str]) -> None:
+    if not isinstance(stage, Mapping):
+        problems.append(f"{where} is missing (epochs, batch_size, optimizer, ...)")
+        return
+    _keys(problems, where, stage, valid)
+    _positive(problems, f"{where}.epochs", stage.get("epochs"), 1, integer=True, strict=False)
+    _positive(problems, f"{where}.batch_size", stage.get("batch_size"), 1, integer=True,
+              strict=False, allow_none=True)
+    optimizer = stage.get("optimizer")
+    if not isinstance(optimizer, Mapping) or "_target_" not in optimizer:
+        problems.append(f"{where}.optimizer must be a _target_ node, e.g. torch.optim.Adam with "
+                        "_partial_: true and lr")
+    elif "lr" in optimizer:
+        _positive(problems, f"{where}.optimizer.lr", optimizer["lr"])
+    _choice(problems, f"{where}.gradient_clip_algorithm", stage.get("gradient_clip_algorithm"),
+            CLIP_ALGORITHMS)
+    _positive(problems, f"{where}.gradient_clip_val", stage.get("gradient_clip_val"), allow_none=True)
+
+
+def _check_cbp_callback(problems: list[str], options: Mapping[str, Any]) -> None:
+    names, _ = _parameters(CBPCallback)
+    _keys(problems, "method.cbp.callback", options,
+          [n for n in names if n not in ("levels", "algorithm")])
+    where = "method.cbp.callback"
+    if "p_max" in options:
+        _positive(problems, f"{where}.p_max", options["p_max"], 1, integer=True, strict=False)
+    if "multiplier_lr" in options:
+        _positive(problems, f"{where}.multiplier_lr", options["multiplier_lr"])
+    if "lr_drop_factor" in options:
+        _positive(problems, f"{where}.lr_drop_factor", options["lr_drop_factor"])
+    _choice(problems, f"{where}.multiplier_optimizer", options.get("multiplier_optimizer"),
+            MULTIPLIER_OPTIMIZERS)
+
+
+def _check_time_steps(problems: list[str], cfg: Mapping[str, Any]) -> None:
+    module = (cfg.get("method") or {}).get("module") or {}
+    datamodule = (cfg.get("data") or {}).get("datamodule") or {}
+    if "T" in cfg:
+        _positive(problems, "T", cfg["T"], 1, integer=True, strict=False)
+    if module.get("T") != cfg.get("T"):  # both read the top-level T unless one is set apart
+        _positive(problems, "method.module.T", module.get("T"), 1, integer=True, strict=False)
+    for key in ("train_time_steps", "finetune_T"):
+        if key in module:
+            _positive(problems, f"method.module.{key}", module[key], 1, integer=True, strict=False,
+                      allow_none=True)
+    if "T" in datamodule:
+        _positive(problems, "data.datamodule.T", datamodule["T"], 1, integer=True, strict=False)
+        if module.get("T") != datamodule["T"]:
+            problems.append(frames_mismatch(datamodule["T"], module.get("T")))
+
+
+def frames_mismatch(frames: Any, T: Any) -> str:
+    """The message for event data whose frame count is not the backbone's T."""
+    return (f"the event data gives T = {frames} frames per sample but method.module.T = {T}; set "
+            f"both to the same value (e.g. data.datamodule.T={T} or method.module.T={frames}; to "
+            "train on a subset of the frames use method.module.train_time_steps)")
+
+
+def _check_trainer(problems: list[str], trainer: Mapping[str, Any]) -> None:
+    names, _ = _parameters(L.Trainer)
+    for key in trainer:
+        if key in TRAINER_SET_BY_PIPELINE:
+            problems.append(f"trainer.{key} is set per stage by the pipeline; set "
+                            f"{TRAINER_SET_BY_PIPELINE[key]} instead")
+    _keys(problems, "trainer", {k: v for k, v in trainer.items() if k not in TRAINER_SET_BY_PIPELINE},
+          [n for n in names if n not in TRAINER_SET_BY_PIPELINE])
+
+
+def _check_logger(problems: list[str], logger: Mapping[str, Any]) -> None:
+    _keys(problems, "logger", logger, LOGGER_KEYS)
+    wandb = logger.get("wandb") or {}
+    _keys(problems, "logger.wandb", wandb, WANDB_KEYS)
+    _choice(problems, "logger.wandb.mode", wandb.get("mode"), WANDB_MODES)
