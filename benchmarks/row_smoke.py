@@ -92,14 +92,14 @@ class Budget:
 # fit more steps in the budget.
 BUDGETS: dict[str, Budget] = {
     "tsslbp_cifar10": Budget(minutes=5, batch=10, test=500),
-    "stbp_cifar10": Budget(minutes=5, batch=8, test=200, fit_steps=30),
-    "stbp_cifar100": Budget(minutes=5, batch=8, test=200, fit_steps=30),
-    "sg_dvs128_gesture": Budget(minutes=6, batch=8, fit_steps=30),
-    "sg_cifar10dvs": Budget(minutes=4, batch=4, fit_steps=20),
-    "calib_cifar10": Budget(minutes=11, batch=32, test=1000, fit_steps=100),
-    "calib_cifar100": Budget(minutes=11, batch=32, test=1000, fit_steps=100),
-    "calib_cifar10@torch_init": Budget(minutes=6, batch=32, test=1000, fit_steps=100),
-    "calib_cifar100@torch_init": Budget(minutes=6, batch=32, test=1000, fit_steps=100),
+    "stbp_cifar10": Budget(minutes=5, batch=8, test=200),
+    "stbp_cifar100": Budget(minutes=5, batch=8, test=200),
+    "sg_dvs128_gesture": Budget(minutes=6, batch=8),
+    "sg_cifar10dvs": Budget(minutes=4, batch=4),
+    "calib_cifar10": Budget(minutes=11, batch=32, test=1000),
+    "calib_cifar100": Budget(minutes=11, batch=32, test=1000),
+    "calib_cifar10@torch_init": Budget(minutes=6, batch=32, test=1000),
+    "calib_cifar100@torch_init": Budget(minutes=6, batch=32, test=1000),
 }
 DEFAULT_ROWS = [row for row in BUDGETS if "@" not in row]
 VARIANTS = {"torch_init": ["model.init=torch"]}
@@ -410,6 +410,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "row_smoke")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every time budget")
+    parser.add_argument("--fit-steps", type=int, default=None,
+                        help="steps of the fixed-batch fit (default: each row's budget)")
     parser.add_argument("--probe", action="store_true",
                         help="3 steps and 50 / 20 test images per row: does every row run, how fast")
     args = parser.parse_args()
@@ -428,6 +430,8 @@ def main() -> None:
     for row in rows:
         budget = BUDGETS[row]
         budget = replace(budget, minutes=budget.minutes * args.scale)
+        if args.fit_steps is not None:
+            budget = replace(budget, fit_steps=args.fit_steps)
         if args.probe:
             budget = replace(budget, test=50, snn_test=20)
         print(f"[row_smoke] {row}: {budget}", flush=True)

@@ -85,6 +85,13 @@ def test_a_bad_value_fails_with_what_to_write_instead(override, expected):
     assert expected in rejected([override])
 
 
+def test_a_missing_data_folder_is_named_unless_the_loader_may_download():
+    assert "data.datamodule.root=/no/such/dir: no such folder" in rejected(
+        ["data=nmnist", "data.datamodule.root=/no/such/dir"])
+    check_config(compose(["data=nmnist", "data.datamodule.root=/no/such/dir",
+                          "data.datamodule.download=true"]))
+
+
 def test_stages_that_do_not_run_are_not_checked(tmp_path):
     ckpt = tmp_path / "fp32.ckpt"
     ckpt.write_bytes(b"")

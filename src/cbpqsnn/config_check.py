@@ -180,6 +180,10 @@ def _choice(problems: list[str], where: str, value: Any, choices: Iterable[str])
 def _check_data(problems: list[str], data: Mapping[str, Any]) -> None:
     _keys(problems, "data", data, DATA_KEYS)
     datamodule = data.get("datamodule") or {}
+    root = datamodule.get("root")
+    if root is not None and not datamodule.get("download") and not Path(str(root)).is_dir():
+        problems.append(f"data.datamodule.root={root}: no such folder (put the dataset there, "
+                        "see the data module's docstring, or set data.datamodule.download=true)")
     for key in ("batch_size", "eval_batch_size"):
         if key in datamodule:
             _positive(problems, f"data.datamodule.{key}", datamodule[key], 1, integer=True, strict=False)

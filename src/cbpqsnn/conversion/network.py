@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cbpqsnn.conversion.neuron import IFNeuron
-from cbpqsnn.nets.feedforward import conv_output_shape, flatten_if_needed, parse_spec
+from cbpqsnn.nets.feedforward import conv_layers, flatten_if_needed, parse_spec
 from cbpqsnn.neurons import seq_apply
 
 # called before a neuron fires in the spiking pass: (neuron index, neuron, input current [T, B, ...])
@@ -204,12 +204,8 @@ def build_convertible_net(
     shape = tuple(in_shape)
     for kind, size, stride in parse_spec(spec):
         if kind == "conv":
-            out_shape = conv_output_shape(shape, size, stride, spec)
-            layers.append(nn.Conv2d(shape[0], size, 3, stride, 1, bias=True))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(size))
-            shape = out_shape
-            layers.append(neuron(shape))
+            conv, shape = conv_layers(shape, size, stride, spec, bias=True, batch_norm=batch_norm)
+            layers += [*conv, neuron(shape)]
             if conv_dropout > 0:
                 layers.append(nn.Dropout(conv_dropout))
         elif kind == "avgpool":

@@ -96,6 +96,16 @@ def conv_output_shape(shape: tuple[int, ...], channels: int, stride: int, spec: 
     return (channels, (shape[1] - 1) // stride + 1, (shape[2] - 1) // stride + 1)
 
 
+def conv_layers(shape: tuple[int, ...], channels: int, stride: int, spec: Sequence[str], *,
+                bias: bool, batch_norm: bool) -> tuple[list[nn.Module], tuple[int, int, int]]:
+    """The ``C<n>[s<k>]`` token's 3x3, padding-1 conv (and BN) and the shape after it."""
+    out_shape = conv_output_shape(shape, channels, stride, spec)
+    layers: list[nn.Module] = [nn.Conv2d(shape[0], channels, 3, stride, 1, bias=bias)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(channels))
+    return layers, out_shape
+
+
 def flatten_if_needed(layers: list[nn.Module], shape: tuple[int, ...]) -> tuple[int, ...]:
     """Append ``nn.Flatten`` before a fully connected layer when the input is a feature map."""
     if len(shape) == 1:
@@ -125,12 +135,8 @@ def build_spiking_net(
     shape = tuple(in_shape)
     for kind, size, stride in parse_spec(spec):
         if kind == "conv":
-            out_shape = conv_output_shape(shape, size, stride, spec)
-            layers.append(nn.Conv2d(shape[0], size, 3, stride, 1, bias=bias))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(size))
-            layers.append(neuron())
-            shape = out_shape
+            conv, shape = conv_layers(shape, size, stride, spec, bias=bias, batch_norm=batch_norm)
+            layers += [*conv, neuron()]
         elif kind == "sew":
             if len(shape) != 3 or shape[0] != size:
                 raise ValueError(f"SEW{size} needs a {size}-channel feature map, got shape {shape} "
