@@ -17,6 +17,7 @@ weights start from ``init="reference"`` (:func:`reference_init`).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -25,8 +26,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cbpqsnn.conversion.neuron import IFNeuron
-from cbpqsnn.nets.feedforward import conv_layers, flatten_if_needed, parse_spec
-from cbpqsnn.neurons import seq_apply
+from cbpqsnn.nets.feedforward import (
+    LayerStack,
+    conv_layers,
+    flatten_if_needed,
+    parse_spec,
+    run_time_first,
+)
 
 # called before a neuron fires in the spiking pass: (neuron index, neuron, input current [T, B, ...])
 # -> the input current to use (calibration corrects biases and potentials through it)
@@ -61,7 +67,7 @@ class AvgPoolConv(nn.Module):
 SYNAPSES = (nn.Conv2d, nn.Linear, AvgPoolConv)  # layers that feed a neuron
 
 
-class ConvertibleNet(nn.Module):
+class ConvertibleNet(LayerStack):
     """Sequential ANN / SNN. Analog mode: ``x -> [1, B, classes]`` (the ANN's logits). Spiking mode:
     static ``[B, *in_shape]`` (the image is the input current at every step) or ``[T, B, ...]``
     -> ``[T, B, classes]``, the analog classifier applied at every step (the readout sums over T).
@@ -71,11 +77,7 @@ class ConvertibleNet(nn.Module):
     """
 
     def __init__(self, layers: Sequence[nn.Module], in_shape: Sequence[int], T: int) -> None:
-        super().__init__()
-        if T < 1:
-            raise ValueError(f"number of time steps T must be >= 1, got {T}")
-        self.layers = nn.ModuleList(layers)
-        self.in_shape = tuple(in_shape)
+        super().__init__(layers, in_shape, T)
         self.register_buffer("time_steps", torch.tensor(int(T)))
         self.register_buffer("spiking", torch.tensor(False))
         self.register_buffer("bn_folded", torch.tensor(False))
@@ -144,34 +146,21 @@ class ConvertibleNet(nn.Module):
 
         Stateless layers before the first neuron see a static input once (it is then repeated
         over T); ``before_neuron`` may replace each neuron's input current (calibration)."""
-        temporal = x.dim() == len(self.in_shape) + 2
-        k = 0
-        for layer in self.layers:
-            if self._skip(layer):
-                continue
-            if isinstance(layer, IFNeuron):
-                if not temporal:
-                    x = x.unsqueeze(0).expand(self.T, *x.shape)
-                    temporal = True
-                if before_neuron is not None:
-                    x = before_neuron(k, layer, x)
-                x = layer(x)
-                k += 1
-            elif temporal:
-                x = seq_apply(layer, x)
-            else:
-                x = layer(x)
-        if not temporal:
-            x = x.unsqueeze(0).expand(self.T, *x.shape)
-        return x
+        neuron_index = itertools.count()
+
+        def call(neuron: nn.Module, current: Tensor) -> Tensor:
+            k = next(neuron_index)
+            return neuron(current if before_neuron is None else before_neuron(k, neuron, current))
+
+        return run_time_first([layer for layer in self.layers if not self._skip(layer)], x, self.T,
+                              x.dim() == len(self.in_shape) + 2,
+                              lambda layer: isinstance(layer, IFNeuron), call)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.dim() not in (len(self.in_shape) + 1, len(self.in_shape) + 2):
-            raise ValueError(f"expected input [B, {', '.join(map(str, self.in_shape))}] or [T, B, ...], "
-                             f"got shape {tuple(x.shape)}")
+        frames = self.is_frames(x)
         if self.is_spiking:
             return self.spiking_forward(x)
-        if x.dim() == len(self.in_shape) + 2:
+        if frames:
             raise ValueError("the analog (ANN) mode takes static inputs [B, ...], not frames")
         return self.analog_forward(x).unsqueeze(0)
 

@@ -20,7 +20,7 @@ then broadcast over T (direct encoding: the first layer acts as the encoder).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -31,9 +31,9 @@ from cbpqsnn.neurons import MultiStepNeuron, TemporalModule, seq_apply
 _TOKEN = re.compile(r"^(C)(\d+)(?:S(\d+))?$|^(P|M)(\d+)$|^(FC)(\d+)$|^(D)$|^(SEW)(\d+)$")
 
 
-class SpikingNet(nn.Module):
-    """Sequential SNN on time-first tensors. Input ``[B, *in_shape]`` (static, repeated over
-    ``T`` steps) or ``[T, B, *in_shape]``; output ``[T, B, num_classes]``."""
+class LayerStack(nn.Module):
+    """A sequence of layers for inputs ``[B, *in_shape]`` (static) or ``[T, B, *in_shape]``
+    (frames); the base of :class:`SpikingNet` and the conversion's ``ConvertibleNet``."""
 
     def __init__(self, layers: Sequence[nn.Module], in_shape: Sequence[int], T: int) -> None:
         super().__init__()
@@ -41,28 +41,48 @@ class SpikingNet(nn.Module):
             raise ValueError(f"number of time steps T must be >= 1, got {T}")
         self.layers = nn.ModuleList(layers)
         self.in_shape = tuple(in_shape)
+
+    def is_frames(self, x: Tensor) -> bool:
+        """True for frames ``[T, B, ...]``, False for a static batch; any other shape is an error."""
+        if x.dim() not in (len(self.in_shape) + 1, len(self.in_shape) + 2):
+            raise ValueError(f"expected input [B, {', '.join(map(str, self.in_shape))}] or "
+                             f"[T, B, ...], got shape {tuple(x.shape)}")
+        return x.dim() == len(self.in_shape) + 2
+
+
+class SpikingNet(LayerStack):
+    """Sequential SNN on time-first tensors. Input ``[B, *in_shape]`` (static, repeated over
+    ``T`` steps) or ``[T, B, *in_shape]``; output ``[T, B, num_classes]``."""
+
+    def __init__(self, layers: Sequence[nn.Module], in_shape: Sequence[int], T: int) -> None:
+        super().__init__(layers, in_shape, T)
         self.T = int(T)
 
     def forward(self, x: Tensor) -> Tensor:
-        temporal = x.dim() == len(self.in_shape) + 2
-        if not temporal and x.dim() != len(self.in_shape) + 1:
-            raise ValueError(
-                f"expected input [B, {', '.join(map(str, self.in_shape))}] or [T, B, ...], "
-                f"got shape {tuple(x.shape)}"
-            )
-        for layer in self.layers:
-            if isinstance(layer, TemporalModule):
-                if not temporal:
-                    x = x.unsqueeze(0).expand(self.T, *x.shape)
-                    temporal = True
-                x = layer(x)
-            elif temporal:
-                x = seq_apply(layer, x)
-            else:
-                x = layer(x)
-        if not temporal:
-            x = x.unsqueeze(0).expand(self.T, *x.shape)
-        return x
+        return run_time_first(self.layers, x, self.T, self.is_frames(x),
+                              lambda layer: isinstance(layer, TemporalModule))
+
+
+def run_time_first(layers: Iterable[nn.Module], x: Tensor, T: int, temporal: bool,
+                   stateful: Callable[[nn.Module], bool],
+                   call: Callable[[nn.Module, Tensor], Tensor] | None = None) -> Tensor:
+    """Run ``layers`` on ``x`` and return ``[T, B, ...]``. Frames (``temporal``) go through every
+    layer time-first (stateless layers per step, :func:`seq_apply`). A static input ``[B, ...]``
+    goes through the stateless layers before the first ``stateful`` one once and is repeated over
+    ``T`` there. ``call(layer, x)`` runs a stateful layer (default: ``layer(x)``)."""
+    for layer in layers:
+        if stateful(layer):
+            if not temporal:
+                x = x.unsqueeze(0).expand(T, *x.shape)
+                temporal = True
+            x = call(layer, x) if call is not None else layer(x)
+        elif temporal:
+            x = seq_apply(layer, x)
+        else:
+            x = layer(x)
+    if not temporal:
+        x = x.unsqueeze(0).expand(T, *x.shape)
+    return x
 
 
 def parse_spec(spec: Sequence[str]) -> list[tuple[str, int, int]]:
