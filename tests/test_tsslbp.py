@@ -283,7 +283,7 @@ def test_target_trace_is_the_desired_train_filtered_twice_as_in_the_authors_code
         assert module.hparams["double_filtered_target"] is double
         assert module.loss(out, torch.tensor([1])).item() == pytest.approx(
             0.5 * sum(float(v) ** 2 for v in trace), rel=1e-6)
-    assert tssl_module(["FC4"], classes=2).double_filtered_target is True
+    assert tssl_module(["FC4"], classes=2).hparams.double_filtered_target is True
 
 
 def test_kernel_loss_and_readout_match_hand_computation():

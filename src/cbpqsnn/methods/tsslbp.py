@@ -109,7 +109,6 @@ class TSSLClassifier(SpikingClassifier):
         if loss_reduction not in REDUCTIONS:
             raise ValueError(f"unknown loss_reduction {loss_reduction!r}; valid choices: {list(REDUCTIONS)}")
         super().__init__(model, in_shape, num_classes, T, **base)
-        self.double_filtered_target = bool(double_filtered_target)
 
     @property
     def constants(self) -> TSSLConstants:
@@ -129,7 +128,7 @@ class TSSLClassifier(SpikingClassifier):
 
     def loss(self, out: Tensor, target: Tensor) -> Tensor:
         trace = target_trace(out.shape[0], self.constants.tau_s, self.hparams.desired_spikes,
-                             self.double_filtered_target).to(out)
+                             bool(self.hparams.double_filtered_target)).to(out)
         hot = nn.functional.one_hot(target, self.num_classes).to(out.dtype)  # [B, C]
         desired = trace.view(-1, 1, 1) * hot.unsqueeze(0)                     # [T, B, C]
         per_sample = 0.5 * (out - desired).square().sum(dim=(0, 2))
