@@ -239,6 +239,16 @@ def first_layer(module: nn.Module) -> nn.Module:
                 and m.weight.requires_grad)
 
 
+def stage_trainer(stage: DictConfig, callbacks: list[L.Callback], **limits: Any) -> L.Trainer:
+    """A CPU trainer for the row's FP32 stage (its clipping), no logging or checkpoints; ``limits``:
+    ``max_steps`` / ``max_time``."""
+    return L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_epochs=-1, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                     callbacks=callbacks, gradient_clip_val=stage.get("gradient_clip_val"),
+                     gradient_clip_algorithm=stage.get("gradient_clip_algorithm"), **limits)
+
+
 def train(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
           minutes: float, batch: int, max_steps: int = -1) -> StepRecorder:
     stage = cfg.method.pretrain
@@ -246,25 +256,10 @@ def train(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDat
     scheduler = instantiate(stage.scheduler) if stage.get("scheduler") else None
     module.set_optimization(instantiate(stage.optimizer), scheduler)
     recorder = StepRecorder(first_layer(module))
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=max_steps,
-                        max_time={"seconds": round(60 * minutes)}, max_epochs=-1, logger=False,
-                        enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, callbacks=[recorder],
-                        gradient_clip_val=stage.get("gradient_clip_val"),
-                        gradient_clip_algorithm=stage.get("gradient_clip_algorithm"))
+    trainer = stage_trainer(stage, [recorder], max_steps=max_steps,
+                            max_time={"seconds": round(60 * minutes)})
     trainer.fit(module, datamodule=datamodule)
     return recorder
-
-
-class DropoutOff(L.Callback):
-    """Dropout layers in eval mode during training (everything else, BN included, trains)."""
-
-    def on_train_batch_start(self, trainer: L.Trainer, module: L.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
-        for m in module.modules():
-            if isinstance(m, nn.modules.dropout._DropoutNd) or "Dropout" in type(m).__name__:
-                m.eval()
 
 
 def fit_fixed_batch(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
@@ -286,18 +281,15 @@ def fit_fixed_batch(cfg: DictConfig, module: L.LightningModule, datamodule: L.Li
         return 100.0 * float((module(x).argmax(1) == y).float().mean())
 
     before = accuracy()
-    module.train()  # Lightning keeps the modes it finds
+    module.train()  # Lightning keeps the modes it finds: dropout stays off, BN trains
+    for m in module.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) or "Dropout" in type(m).__name__:
+            m.eval()
     stage = cfg.method.pretrain
     module.set_optimization(instantiate(stage.optimizer), None)
     recorder = StepRecorder(first_layer(module))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=len(y))
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision="32-true", max_steps=steps,
-                        max_epochs=-1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, callbacks=[recorder, DropoutOff()],
-                        gradient_clip_val=stage.get("gradient_clip_val"),
-                        gradient_clip_algorithm=stage.get("gradient_clip_algorithm"))
-    trainer.fit(module, train_dataloaders=loader)
+    stage_trainer(stage, [recorder], max_steps=steps).fit(module, train_dataloaders=loader)
     return recorder.loss, before, accuracy()
 
 
