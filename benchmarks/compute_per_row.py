@@ -72,15 +72,6 @@ def random_batch(module, cfg, batch: int, device: torch.device) -> tuple[torch.T
     return x, torch.randint(0, module.num_classes, (batch,), device=device)
 
 
-def prepare_stage(module, cfg, stage: str) -> None:
-    """Put the network in the state the stage trains it in (calib: ANN, then converted SNN)."""
-    net = module.net
-    if hasattr(net, "set_spiking"):
-        net.set_spiking(stage == "cbp")
-        if stage == "cbp":
-            net.T = int(cfg.method.module.get("finetune_T") or cfg.method.module.T)
-
-
 def time_step(module, optimizer, x, y, precision: str) -> float:
     device_type = x.device.type
     if device_type == "cuda":
@@ -100,7 +91,7 @@ def time_step(module, optimizer, x, y, precision: str) -> float:
 
 def measure_stage(module, cfg, stage: str, batch: int, steps: int, device: torch.device,
                   precision: str) -> dict:
-    prepare_stage(module, cfg, stage)
+    module.prepare_stage(stage)  # calib: the ANN, then the (uncalibrated) SNN at finetune_T
     module.train()
     optimizer = instantiate(cfg.method[stage].optimizer)(module.parameters())
     x, y = random_batch(module, cfg, batch, device)

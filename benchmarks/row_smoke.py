@@ -21,7 +21,7 @@ Real data (unpacked from ``--shared`` into ``data/`` on first use):
 Per row: the FP32 (pretraining) stage's optimizer, scheduler and clipping from the row config,
 for a fixed training time (``BUDGETS``) (Lightning ``Trainer.fit`` on the row's module, so
 method hooks such as TSSL-BP's weight clamp run as in a real run); then test accuracy. ``calib``
-rows: the ANN stage, then the row's own conversion (``on_pretraining_end``: thresholds,
+rows: the ANN stage, then the row's own conversion (``prepare_stage("cbp")``: thresholds,
 calibration at the row's T = 32; the threshold search on 5 batches of 32 images, not 128) and the
 converted SNN's accuracy per calibration level. Rows
 named ``<row>@torch_init`` are the calib rows with PyTorch's default init (``model.init=torch``),
@@ -100,9 +100,12 @@ BUDGETS: dict[str, Budget] = {
     "calib_cifar100": Budget(minutes=11, batch=32, test=1000),
     "calib_cifar10@torch_init": Budget(minutes=6, batch=32, test=1000),
     "calib_cifar100@torch_init": Budget(minutes=6, batch=32, test=1000),
+    # TSSL-BP diagnostics: which of the budget's two departures keeps the stream loss from falling?
+    "tsslbp_cifar10@no_dropout": Budget(minutes=5, batch=10, test=500),
+    "tsslbp_cifar10@batch50": Budget(minutes=5, batch=50, test=500),
 }
 DEFAULT_ROWS = [row for row in BUDGETS if "@" not in row]
-VARIANTS = {"torch_init": ["model.init=torch"]}
+VARIANTS = {"torch_init": ["model.init=torch"], "no_dropout": ["model.dropout=0.0"]}
 CIFAR_TRAIN_SUBSET = 10_000
 DVS_SIDE = 128
 CIFAR_FOLDER = "cifar10-jpeg"
@@ -356,7 +359,7 @@ def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1) -> Ro
     if cfg.method.name == "calib":  # the row's own conversion at its T, on a test subset
         test = datamodule.test_set
         datamodule.test_set = stratified_subset(test, labels_of(test), budget.snn_test // 10)
-        snn_acc = module.on_pretraining_end(datamodule)["snn_acc"]
+        snn_acc = module.prepare_stage("cbp", datamodule)["snn_acc"]
     loss_first, loss_last = fifth_means(recorder.loss)
     grad_first, grad_last = fifth_means(recorder.grad_ratio)
     step_s = statistics.median(recorder.step_time)

@@ -181,6 +181,19 @@ def test_changing_T_changes_the_simulation_length():
     assert module.net(x).shape == (6, 64, 3) and module(x).shape == (64, 3)  # summed over T
 
 
+def test_prepare_stage_without_data_switches_the_structure_only():
+    """The benchmarks' path: the CBP stage's network (spiking, at finetune_T) with no conversion."""
+    module = CalibClassifier(model={"spec": ["C4", "P2", "FC8"]}, in_shape=(1, 8, 8), num_classes=3,
+                             T=6, finetune_T=3)
+    x = torch.rand(5, 1, 8, 8)
+    assert module.prepare_stage("pretrain") == {} and module.net(x).shape == (1, 5, 3)
+    assert module.prepare_stage("cbp") == {"calibration": "uncalibrated", "T_finetune": 3}
+    assert module.net.is_spiking and module.net(x).shape == (3, 5, 3)
+    assert all(float(n.threshold) == 1.0 for n in module.net.neurons)  # nothing calibrated
+    with pytest.raises(ValueError, match=r"unknown stage 'finetune'; valid: \['pretrain', 'cbp'\]"):
+        module.prepare_stage("finetune")
+
+
 def test_conversion_keeps_the_chosen_level_and_reports_every_level():
     net = small_net(("C8", "P2", "FC16"), T=4)
     batches = [torch.randn(32, 1, 8, 8) for _ in range(2)]
@@ -228,14 +241,14 @@ def test_tiny_pipeline_run_records_the_calibration_levels(tiny_cfg, tmp_path, mo
     (tmp_path / ".hydra").mkdir()
     OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml", resolve=False)
     converted = []
-    original = CalibClassifier.on_pretraining_end
+    original = CalibClassifier.prepare_stage
 
-    def spy(self, datamodule):
-        result = original(self, datamodule)
+    def spy(self, stage, datamodule=None):
+        result = original(self, stage, datamodule)
         converted.append(self.net.is_spiking)
         return result
 
-    monkeypatch.setattr(CalibClassifier, "on_pretraining_end", spy)
+    monkeypatch.setattr(CalibClassifier, "prepare_stage", spy)
     assert evaluate_run(tmp_path, "fp32") == pytest.approx(summary["fp32_acc"])
     assert converted == [True]
 

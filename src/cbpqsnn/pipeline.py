@@ -76,6 +76,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     module = build_module(cfg, datamodule)
 
     # -- stage 1: FP32 pretraining (or a given checkpoint)
+    module.prepare_stage("pretrain", datamodule)
     if cfg.get("pretrained"):
         load_pretrained(module, cfg.pretrained)
         fp32_ckpt, epochs_pretrain = str(cfg.pretrained), 0
@@ -83,7 +84,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         _fit_stage(cfg, run_dir, "pretrain", module, datamodule, cfg.method.pretrain, [], "fp32")
         fp32_ckpt = str(run_dir / "checkpoints" / "fp32.ckpt")
         epochs_pretrain = int(cfg.method.pretrain.epochs)
-    method_summary = module.on_pretraining_end(datamodule)
+    method_summary = module.prepare_stage("cbp", datamodule)
     fp32_acc = evaluate(cfg, run_dir, module, datamodule)
     fp32_bytes = 4 * sum(p.numel() for p in module.parameters())
 

@@ -9,7 +9,7 @@ that config, loads one set of weights and measures the test accuracy with
 * ``packed``: ``quantized_packed.pt``, restored with :func:`cbpqsnn.quant.export.unpack_state_dict`;
 * ``fp32``: ``checkpoints/fp32.ckpt`` via :func:`cbpqsnn.checkpoints.load_pretrained` (a run that
   started from ``pretrained=<ckpt>`` has no own ``fp32.ckpt``: that checkpoint is used instead),
-  then the method's ``on_pretraining_end`` as in the pipeline, so a calib run's FP32 accuracy is
+  then the method's ``prepare_stage("cbp")`` as in the pipeline, so a calib run's FP32 accuracy is
   the converted SNN's (its ``fp32_acc``), not the ANN's.
 """
 
@@ -162,7 +162,7 @@ def evaluate_run(run_dir: str | Path, weights: str = "quantized",
     load_weights(module, run_dir, weights, cfg)
     if weights == "fp32":
         # as the pipeline does before measuring fp32_acc (calib: ANN -> calibrated SNN)
-        module.on_pretraining_end(datamodule)
+        module.prepare_stage("cbp", datamodule)
     module.eval()
     return evaluate(cfg, run_dir, module, datamodule)
 

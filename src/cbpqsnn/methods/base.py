@@ -19,6 +19,14 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
+STAGES = ("pretrain", "cbp")
+
+
+def check_stage(stage: str) -> None:
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; valid: {list(STAGES)}")
+
+
 class SpikingClassifier(L.LightningModule):
     """Classifier backbone: ``net`` maps a batch to time-first outputs ``[T, B, classes]``;
     ``readout`` turns them into class scores ``[B, classes]`` (argmax = prediction).
@@ -77,11 +85,18 @@ class SpikingClassifier(L.LightningModule):
     def loss(self, out: Tensor, target: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def on_pretraining_end(self, datamodule: L.LightningDataModule) -> dict[str, Any]:
-        """Called by the pipeline once the FP32 stage is done (trained or loaded from
-        ``pretrained``), before the FP32 evaluation. A method whose pretrained network is not
-        yet the SNN to fine-tune (ANN-to-SNN conversion) converts it here. Returns extra
-        entries for ``summary.json``."""
+    def prepare_stage(self, stage: str,
+                      datamodule: L.LightningDataModule | None = None) -> dict[str, Any]:
+        """Put the network in the state ``stage`` (``"pretrain"`` or ``"cbp"``) trains it in.
+
+        The one place a method says how its network changes between stages, used by the
+        pipeline (``"cbp"`` once the FP32 stage is done, trained or loaded, before the FP32
+        evaluation), ``src/eval.py`` (FP32 weights) and the benchmarks. A method whose pretrained
+        network is not yet the SNN to fine-tune (ANN-to-SNN conversion) converts it here, with
+        ``datamodule`` for its data; without one (cost measurements) only the structure changes.
+        Returns extra entries for ``summary.json``. Spiking backbones train one network in both
+        stages: nothing to do."""
+        check_stage(stage)
         return {}
 
     # -- shared training logic ------------------------------------------------------------

@@ -25,7 +25,7 @@ from cbpqsnn.conversion import (
     convert,
     set_simulation_length,
 )
-from cbpqsnn.methods.base import SpikingClassifier
+from cbpqsnn.methods.base import SpikingClassifier, check_stage
 from cbpqsnn.neurons import make_surrogate
 
 
@@ -86,14 +86,26 @@ class CalibClassifier(SpikingClassifier):
         return F.cross_entropy(self.readout(out), target)
 
     # -- conversion at the end of the FP32 (ANN) stage -------------------------------------
-    def on_pretraining_end(self, datamodule: L.LightningDataModule) -> dict[str, Any]:
-        """Convert + calibrate the trained ANN into the SNN the CBP stage fine-tunes; returns the
-        ANN accuracy, the converted SNN's accuracy per calibration level (percent, test set), the
-        level kept, T and the thresholds found. A network loaded already converted is kept."""
+    def prepare_stage(self, stage: str,
+                      datamodule: L.LightningDataModule | None = None) -> dict[str, Any]:
+        """``"pretrain"``: the ANN. ``"cbp"``: convert + calibrate the trained ANN into the SNN
+        the CBP stage fine-tunes, at ``finetune_T``; returns the ANN accuracy, the converted
+        SNN's accuracy per calibration level (percent, test set), the level kept, T and the
+        thresholds found. A network loaded already converted is kept. Without a ``datamodule``
+        only the structure changes (spiking mode at ``finetune_T``, thresholds untouched): what a
+        cost measurement needs, not a calibrated network."""
+        check_stage(stage)
         net: ConvertibleNet = self.net  # type: ignore[assignment]
+        hp = self.hparams
+        if stage == "pretrain":
+            net.set_spiking(False)
+            return {}
         if net.is_spiking:
             return {"calibration": "loaded converted", "T": net.T}
-        hp = self.hparams
+        if datamodule is None:
+            net.set_spiking(True)
+            net.T = int(hp.finetune_T or hp.T)
+            return {"calibration": "uncalibrated", "T_finetune": net.T}
         net.T = int(hp.T)  # the configured T, not the one an ANN checkpoint was built with
         datamodule.setup("fit")
         self.to(_conversion_device(hp.conversion_device))
