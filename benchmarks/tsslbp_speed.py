@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from omegaconf import OmegaConf  # noqa: E402
 
 from cbpqsnn.methods.tsslbp import TSSLClassifier  # noqa: E402
-from cbpqsnn.tssl import TSSLNeuron  # noqa: E402
+from cbpqsnn.neurons import TSSLNeuron  # noqa: E402
 
 
 def make_module(backward: str) -> TSSLClassifier:

@@ -22,9 +22,8 @@ from cbpqsnn.conversion import (
     set_thresholds,
     spiking_means,
 )
-from cbpqsnn.conversion.neuron import IFNeuron
 from cbpqsnn.methods.calib import CalibClassifier
-from cbpqsnn.neurons import ATan, spike
+from cbpqsnn.neurons import ATan, IFNeuron, spike
 from cbpqsnn.pipeline import run
 from cbpqsnn.run_folder import evaluate_run
 from tests.conftest import compose

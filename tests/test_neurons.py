@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from cbpqsnn import neurons
 from cbpqsnn.neurons import STBPLIF, ATan, FastSigmoid, Rectangular, Sigmoid, make_surrogate, spike
 
 
@@ -69,3 +70,53 @@ def test_surrogate_derivatives_match_their_formulas(surrogate, x, expected):
 def test_unknown_surrogate_lists_valid_choices():
     with pytest.raises(ValueError, match="atan"):
         make_surrogate("triangle")
+
+
+def _all_neuron_classes(cls=neurons.MultiStepNeuron):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _all_neuron_classes(sub)
+
+
+def _if_neuron(**kwargs):
+    n = neurons.IFNeuron(shape=(4,), **kwargs).double()
+    n.threshold.fill_(0.7)
+    n.v_init.copy_(torch.tensor([0.0, 0.2, -0.1, 0.5]))
+    return n
+
+
+# every neuron of the package, with the gradients its forward claims to share with its step loop
+# (TSSL-BP's forward has its own backward by design: outputs only)
+NEURON_CASES = {
+    "stbp_lif": (lambda: neurons.STBPLIF(), True),
+    "plif": (lambda: neurons.ParametricLIF(tau0=3.0).double(), True),
+    "lif_attached_reset": (lambda: neurons.ParametricLIF(learnable=False, detach_reset=False), True),
+    "if": (_if_neuron, True),
+    "if_detached_reset": (lambda: _if_neuron(detach_reset=True), True),
+    "tssl": (lambda: neurons.TSSLNeuron(), False),
+}
+
+
+def test_every_neuron_class_is_covered_by_the_forward_vs_step_loop_contract():
+    covered = {type(make()) for make, _ in NEURON_CASES.values()}
+    assert set(_all_neuron_classes()) <= covered
+
+
+@pytest.mark.parametrize("case", NEURON_CASES)
+def test_forward_equals_the_step_by_step_definition(case):
+    make, same_gradient = NEURON_CASES[case]
+    neuron = make()
+    x = (torch.randn(6, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 0.8
+         + 0.6).requires_grad_(True)
+    weights = torch.randn(6, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    results = []
+    for run in (neuron.forward, neuron.step_loop):
+        out = run(x)
+        grads = torch.autograd.grad((out * weights).sum(), [x, *neuron.parameters()])
+        results.append((out.detach(), grads))
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert 0 < float(out_a.count_nonzero()) < out_a.numel()  # some steps fire, some do not
+    torch.testing.assert_close(out_a, out_b, rtol=0, atol=1e-12)
+    if same_gradient:
+        for a, b in zip(grads_a, grads_b, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from cbpqsnn.methods.tsslbp import TSSLClassifier, desired_spikes, target_trace
+from cbpqsnn.nets.tssl_layers import PSPInput, ScaledSumPool, TimeSharedDropout
+from cbpqsnn.neurons import TSSLConstants, TSSLFunction, TSSLNeuron
 from cbpqsnn.quant.selection import select_layers
-from cbpqsnn.tssl import PSPInput, ScaledSumPool, TimeSharedDropout, TSSLConstants, TSSLFunction, TSSLNeuron
 from tests.conftest import compose
 
 C = TSSLConstants(tau_m=5.0, tau_s=3.0, v_threshold=1.0)

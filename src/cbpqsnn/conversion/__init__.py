@@ -13,11 +13,10 @@ from cbpqsnn.conversion.calibrate import (
 from cbpqsnn.conversion.convert import LEVELS, ConversionResult, ConversionSettings, convert, set_thresholds
 from cbpqsnn.conversion.fold import fold_batch_norm, fold_batch_norms
 from cbpqsnn.conversion.network import ConvertibleNet, build_convertible_net
-from cbpqsnn.conversion.neuron import IFNeuron
 from cbpqsnn.conversion.threshold import ThresholdGrid, ThresholdTracker, clip_floor, search_threshold
 
 __all__ = [
-    "LEVELS", "ConversionResult", "ConversionSettings", "ConvertibleNet", "IFNeuron", "ThresholdGrid",
+    "LEVELS", "ConversionResult", "ConversionSettings", "ConvertibleNet", "ThresholdGrid",
     "ThresholdTracker", "analog_means", "bias_correction", "build_convertible_net", "channel_mean",
     "clip_floor", "convert", "fold_batch_norm", "fold_batch_norms", "potential_correction",
     "rescale_to_unit_thresholds", "search_threshold", "set_simulation_length", "set_thresholds",

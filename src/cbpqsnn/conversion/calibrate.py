@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from cbpqsnn.conversion.network import ConvertibleNet
-from cbpqsnn.conversion.neuron import IFNeuron
+from cbpqsnn.neurons import IFNeuron
 
 
 @torch.no_grad()

@@ -25,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cbpqsnn.conversion.neuron import IFNeuron
 from cbpqsnn.nets.feedforward import (
     LayerStack,
     conv_layers,
@@ -33,6 +32,7 @@ from cbpqsnn.nets.feedforward import (
     parse_spec,
     run_time_first,
 )
+from cbpqsnn.neurons import IFNeuron
 
 # called before a neuron fires in the spiking pass: (neuron index, neuron, input current [T, B, ...])
 # -> the input current to use (calibration corrects biases and potentials through it)

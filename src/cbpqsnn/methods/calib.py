@@ -19,14 +19,13 @@ from torch import Tensor, nn
 from cbpqsnn.conversion import (
     ConversionSettings,
     ConvertibleNet,
-    IFNeuron,
     ThresholdGrid,
     build_convertible_net,
     convert,
     set_simulation_length,
 )
 from cbpqsnn.methods.base import SpikingClassifier, check_stage
-from cbpqsnn.neurons import make_surrogate
+from cbpqsnn.neurons import IFNeuron, make_surrogate
 
 
 class CalibClassifier(SpikingClassifier):

@@ -1,5 +1,5 @@
 """TSSL-BP backbone (Zhang & Li 2020): LIF neurons whose outputs are PSP traces, the TSSL-BP
-backward (:mod:`cbpqsnn.tssl`), PSP-filtered input, non-spiking 1.1 x sum-pooling, dropout with one
+backward (:mod:`cbpqsnn.neurons.tssl`), PSP-filtered input, non-spiking 1.1 x sum-pooling, dropout with one
 mask over all T steps, the "kernel" loss against the (twice PSP-filtered, as in the authors' code)
 trace of a desired spike train, argmax of the summed output; weights clamped to +-4 after every
 optimizer step."""
@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from cbpqsnn.methods.base import SpikingClassifier
 from cbpqsnn.nets.feedforward import SpikingNet, build_spiking_net
-from cbpqsnn.tssl import PSPInput, ScaledSumPool, TimeSharedDropout, TSSLConstants, TSSLNeuron, psp_trace
+from cbpqsnn.nets.tssl_layers import PSPInput, ScaledSumPool, TimeSharedDropout
+from cbpqsnn.neurons import TSSLConstants, TSSLNeuron, psp_trace
 
 BACKWARDS = ("tssl", "surrogate")
 REDUCTIONS = ("sum", "mean")

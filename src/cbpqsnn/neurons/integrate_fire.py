@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cbpqsnn.neurons import ATan, Surrogate, TemporalModule
+from cbpqsnn.neurons.base import MultiStepNeuron
+from cbpqsnn.neurons.surrogates import ATan, Surrogate, spike
 
 
 class _SoftResetIF(torch.autograd.Function):
@@ -50,7 +51,7 @@ class _SoftResetIF(torch.autograd.Function):
         return grad_z, None, None, None
 
 
-class IFNeuron(TemporalModule):
+class IFNeuron(MultiStepNeuron):
     """Integrate-and-fire neuron of a converted ReLU, reset by subtraction, on ``[T, B, ...]``:
 
     ``v[t] = v[t-1] + x[t] + V_th / (2T)``, ``s[t] = V_th * 1[v[t] >= V_th]``, ``v[t] -= s[t]``,
@@ -64,8 +65,7 @@ class IFNeuron(TemporalModule):
 
     def __init__(self, shape: Sequence[int], surrogate: Surrogate | None = None,
                  input_shift: bool = True, detach_reset: bool = False) -> None:
-        super().__init__()
-        self.surrogate = surrogate or ATan(2.0)
+        super().__init__(surrogate or ATan(2.0))
         self.input_shift = input_shift
         self.detach_reset = detach_reset
         self.register_buffer("threshold", torch.ones(()))
@@ -75,13 +75,27 @@ class IFNeuron(TemporalModule):
     def analog(x: Tensor) -> Tensor:
         return F.relu(x)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def shifted(self, x: Tensor) -> Tensor:
+        """The input with the ``V_th / (2T)`` shift added (if ``input_shift``)."""
+        return x + self.threshold / (2 * x.shape[0]) if self.input_shift else x
+
+    def forward(self, x: Tensor) -> Tensor:  # fused: the whole time loop in one autograd node
         threshold = self.threshold
-        if self.input_shift:
-            x = x + threshold / (2 * x.shape[0])
-        spikes = _SoftResetIF.apply(x / threshold, self.v_init / threshold, self.surrogate,
-                                    self.detach_reset)
+        spikes = _SoftResetIF.apply(self.shifted(x) / threshold, self.v_init / threshold,
+                                    self.surrogate, self.detach_reset)
         return spikes * threshold
+
+    def step_loop(self, x: Tensor) -> Tensor:
+        return super().step_loop(self.shifted(x))
+
+    def step(self, x_t: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        """One step in units of the threshold (``u = v / V_th``); ``x_t`` already shifted."""
+        threshold = self.threshold
+        u = self.v_init / threshold if state is None else state
+        h = u + x_t / threshold
+        s = spike(h - 1, self.surrogate)
+        u = h - (s.detach() if self.detach_reset else s)
+        return s * threshold, u
 
     def extra_repr(self) -> str:
         return (f"shape={tuple(self.v_init.shape)}, threshold={float(self.threshold):.4g}, "
