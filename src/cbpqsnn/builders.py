@@ -33,7 +33,8 @@ def build_module(cfg: DictConfig, datamodule: L.LightningDataModule) -> SpikingC
 def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int,
                  callbacks: list[L.Callback], loggers: list | bool = False,
                  gradient_clip_val: float | None = None,
-                 gradient_clip_algorithm: str | None = None) -> L.Trainer:
+                 gradient_clip_algorithm: str | None = None,
+                 use_distributed_sampler: bool = True) -> L.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     progress = trainer_cfg.pop("enable_progress_bar", True)
     callbacks = list(callbacks)
@@ -49,12 +50,16 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int,
         default_root_dir=str(run_dir),
         gradient_clip_val=gradient_clip_val,
         gradient_clip_algorithm=gradient_clip_algorithm,
+        use_distributed_sampler=use_distributed_sampler,
     )
 
 
 def evaluate(cfg: DictConfig, run_dir: Path, module: L.LightningModule,
              datamodule: L.LightningDataModule) -> float:
-    """Test accuracy in percent."""
-    trainer = make_trainer(cfg, run_dir, "test", 1, [], loggers=False)
+    """Test accuracy in percent. Under data parallelism every rank tests the whole test set (no
+    distributed sampler: it would pad the set to a multiple of the ranks and count samples twice),
+    so the number is that of a single process and the same on every rank."""
+    trainer = make_trainer(cfg, run_dir, "test", 1, [], loggers=False,
+                           use_distributed_sampler=False)
     (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
     return 100.0 * float(metrics["test/acc"])

@@ -51,6 +51,7 @@ TRAINER_SET_BY_PIPELINE = {
     "gradient_clip_algorithm": "method.<stage>.gradient_clip_algorithm",
     "callbacks": "the pipeline", "logger": "the logger group", "default_root_dir": "the run folder",
     "enable_model_summary": "the pipeline",
+    "use_distributed_sampler": "the pipeline (training: on; test: off, every rank tests all)",
 }
 # arguments a backbone receives from the pipeline, not from method.module
 MODULE_SET_BY_PIPELINE = ("model", "in_shape", "num_classes", "optimizer", "scheduler")

@@ -3,6 +3,11 @@
 Artifacts in the run folder: ``checkpoints/fp32.ckpt``, ``checkpoints/cbp.ckpt`` (with the CBP
 callback state), ``quantized.pt`` (plain baked ``state_dict``), ``quantized_packed.pt`` (packed
 level codes + scales), ``summary.json`` (written last, atomically: a run that fails leaves none).
+
+Under data parallelism (``trainer.strategy=ddp``) every rank runs this function (Lightning starts
+the other ranks as copies of the command); the stages train together, the test evaluations run on
+the whole test set on every rank (no distributed sampler: no padding, the same number on every
+rank), and only global rank 0 writes the artifacts.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from cbpqsnn.builders import build_datamodule, build_module, evaluate, make_trainer
@@ -108,12 +115,13 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         quant_acc = evaluate(cfg, run_dir, module, datamodule)
         memory = weight_memory(module, cbp_result.layer_names, cbp_result.bits)
         state = {k: v.detach().cpu() for k, v in module.state_dict().items()}
-        _atomic_torch_save(state, run_dir / "quantized.pt")
         packed = pack_state_dict(state, cbp_result.levels, cbp_result.bits)
-        _atomic_torch_save(packed, run_dir / "quantized_packed.pt")
+        _write_rank_zero(lambda path: torch.save(state, path), run_dir / "quantized.pt")
+        _write_rank_zero(lambda path: torch.save(packed, path), run_dir / "quantized_packed.pt")
         parameters = {n for n, _ in module.named_parameters()}
         summary.update(
             quant_acc=quant_acc, acc_delta=quant_acc - fp32_acc, cfs_final=cbp_result.cfs,
+            cfs_start=cbp_result.cfs_start,
             levels_ok=cbp_result.levels_ok, bits_per_weight=cbp_result.bits,
             weight_memory_bytes=memory.bytes, fp32_weight_memory_bytes=memory.fp32_bytes,
             memory_ratio=memory.ratio, packed_payload_bytes=packed_payload_bytes(packed, parameters),
@@ -122,17 +130,15 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             cbp_checkpoint=str(run_dir / "checkpoints" / "cbp.ckpt"), history=cbp_result.history,
         )
     summary["wall_time_s"] = time.time() - start
-    _atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    text = json.dumps(summary, indent=2)
+    _write_rank_zero(lambda path: path.write_text(text), run_dir / "summary.json")
     return summary
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
+def _write_rank_zero(write: Callable[[Path], Any], path: Path) -> None:
+    """``write`` to a temporary name next to ``path``, then rename (atomic); global rank 0 only."""
+    if rank_zero_only.rank != 0:
+        return
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    write(tmp)
     os.replace(tmp, path)

@@ -1,6 +1,7 @@
 """The CBP callback on a method-agnostic LightningModule (a plain MLP)."""
 
 import copy
+import math
 
 import lightning as L
 import pytest
@@ -233,9 +234,123 @@ def test_mixed_precision_adds_the_constraint_gradient_to_unscaled_gradients():
                         enable_model_summary=False, callbacks=[cbp],
                         plugins=[MixedPrecision("16-mixed", "cpu", scaler)])
     trainer.fit(module, DataLoader(TensorDataset(torch.randn(4, 4)), batch_size=4))
-    assert scaler.get_scale() == 1024.0  # the scaler was active
+    # the scaler ran: one unskipped scaled step (a scaler that never scaled reports 0 here)
+    assert scaler.state_dict()["_growth_tracker"] == 1 and scaler.get_scale() == 1024.0
     # one SGD step (lr 1) on lambda * dcs with lambda = 0.5 * cs from the initial multiplier step;
     # had the term been added to scaled gradients it would be 1024x too small after unscaling
     expected = (w0 - 0.5 * cs * dcs).clamp(-1, 1)
     assert (w0 - expected).abs().max() > 0.1
     assert torch.allclose(cbp.latent("net.1").detach(), expected, atol=1e-6)
+
+
+class Recorder(L.Callback):
+    """Per micro-batch: the raw task loss (recomputed before the forward) and the loss Lightning
+    hands the callbacks; per optimizer step (before CBP adds its term): the constraint term
+    ``sum lambda cs(w; g)`` recomputed from the weights and multipliers."""
+
+    def __init__(self, cbp):
+        self.cbp, self.batches, self.steps = cbp, [], []
+
+    @torch.no_grad()
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        x, y = batch
+        self.batches.append({"epoch": trainer.current_epoch,
+                             "raw": float(nn.functional.cross_entropy(module(x), y))})
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        self.batches[-1]["handed"] = float(outputs["loss"])
+
+    @torch.no_grad()
+    def on_before_optimizer_step(self, trainer, module, optimizer):
+        cbp = self.cbp
+        term = sum(float((cbp.multipliers[n] * constraint(cbp.latent(n), cbp.levels(n), cbp.schedule.g)[0]).sum())
+                   for n in cbp.layer_names)
+        self.steps.append({"epoch": trainer.current_epoch, "constraint": term})
+
+    def per_epoch(self, records, key, epoch):
+        return [r[key] for r in records if r["epoch"] == epoch]
+
+
+def replay_schedule(lagrangians, p_max):
+    """cbp.md section 6, written again: g after each epoch."""
+    g, p, previous, gs = 1, 0, float("inf"), []
+    for value in lagrangians:
+        p += 1
+        if value >= previous or p >= p_max:
+            g, p, previous = (g + 1 if g < 10 else g + 10), 0, float("inf")
+        else:
+            previous = value
+        gs.append(g)
+    return gs
+
+
+def test_epoch_lagrangian_is_the_sum_of_every_steps_task_and_constraint_and_a_rise_moves_g(tmp_path):
+    module = pretrained()
+    module.lr = 0.3  # noisy steps: the epoch Lagrangian rises now and then
+    cbp = CBPCallback(levels="ternary", p_max=50, lr_drop_at_g=None, multiplier_lr=0.05,
+                      bake_at_end=False)
+    recorder = Recorder(cbp)  # before cbp: it reads the weights before CBP touches the grads
+    fit(module, [recorder, cbp], 8, tmp_path)
+    for e in cbp.history["epoch"]:
+        tasks = recorder.per_epoch(recorder.batches, "raw", e)
+        terms = recorder.per_epoch(recorder.steps, "constraint", e)
+        assert len(tasks) == len(terms) == 4
+        assert cbp.history["lagrangian"][e] == pytest.approx(sum(tasks) + sum(terms), rel=1e-5)
+        assert cbp.history["task_loss"][e] == pytest.approx(sum(tasks) / 4, rel=1e-5)
+    assert sum(s["constraint"] for s in recorder.steps) > sum(b["raw"] for b in recorder.batches)
+    # p_max = 50 never fires in 8 epochs: every g update is a Lagrangian that did not fall
+    assert cbp.history["g"] == replay_schedule(cbp.history["lagrangian"], 50)
+    assert cbp.history["g"][-1] >= 3
+
+
+def test_gradient_accumulation_takes_the_step_mean_task_loss_and_the_constraint_once(tmp_path):
+    """accumulate_grad_batches=2: the L_sum of one device at twice the batch."""
+    module = pretrained()
+    cbp = CBPCallback(levels="ternary", multiplier_lr=0.05, bake_at_end=False)
+    recorder = Recorder(cbp)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False, enable_checkpointing=False,
+                        callbacks=[recorder, cbp], accumulate_grad_batches=2,
+                        default_root_dir=str(tmp_path))
+    trainer.fit(module, train_dataloaders=loader())
+    for e in cbp.history["epoch"]:
+        raw = recorder.per_epoch(recorder.batches, "raw", e)
+        terms = recorder.per_epoch(recorder.steps, "constraint", e)
+        assert len(raw) == 4 and len(terms) == 2  # 4 micro-batches, 2 optimizer steps
+        step_means = [(raw[0] + raw[1]) / 2, (raw[2] + raw[3]) / 2]
+        assert cbp.history["lagrangian"][e] == pytest.approx(sum(step_means) + sum(terms), rel=1e-5)
+        assert cbp.history["task_loss"][e] == pytest.approx(sum(step_means) / 2, rel=1e-5)
+        assert sum(terms) > 0
+
+
+def test_pure_bf16_completes_a_cbp_stage_with_float32_multipliers(tmp_path):
+    module = pretrained()
+    cbp = CBPCallback(levels="ternary", p_max=1, multiplier_lr=0.05, bake_at_end=False)
+    trainer = L.Trainer(max_epochs=2, accelerator="cpu", precision="bf16-true", logger=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        enable_checkpointing=False, callbacks=[cbp], default_root_dir=str(tmp_path))
+    trainer.fit(module, train_dataloaders=loader())
+    assert cbp.latent("net.2").dtype == torch.bfloat16 and cbp.levels("net.2").dtype == torch.bfloat16
+    assert all(lam.dtype == torch.float32 and lam.abs().sum() > 0 for lam in cbp.multipliers.values())
+    assert cbp.history["g"] == [2, 3] and all(map(math.isfinite, cbp.history["lagrangian"]))
+    assert cbp.history["cfs"][-1] < cbp.cfs_start  # the constraint pulled the latents in
+    cbp.bake()
+    assert cbp.levels_ok() and module.net[2].weight.dtype == torch.bfloat16
+
+
+def test_resume_takes_the_settings_given_now_and_warns_about_the_change(tmp_path):
+    options = dict(levels="ternary", p_max=2, lr_drop_at_g=3, multiplier_lr=0.01, bake_at_end=False)
+    module_a, cbp_a = pretrained(), CBPCallback(**options)
+    every_epoch = ModelCheckpoint(dirpath=str(tmp_path / "a"), filename="{epoch}", save_top_k=-1,
+                                  save_on_train_epoch_end=True)
+    fit(module_a, [cbp_a, every_epoch], 2, tmp_path / "a")
+    changed = {**options, "p_max": 7, "lr_drop_at_g": 5, "multiplier_lr": 0.002}
+    module_b, cbp_b = pretrained(), CBPCallback(**changed)
+    with pytest.warns(UserWarning) as caught:
+        fit(module_b, [cbp_b], 3, tmp_path / "b", ckpt_path=str(tmp_path / "a" / "epoch=1.ckpt"))
+    text = " ".join(str(w.message) for w in caught)
+    assert "p_max 2 -> 7" in text and "lr_drop_at_g 3 -> 5" in text and "lr 0.01 -> 0.002" in text
+    assert (cbp_b.schedule.p_max, cbp_b.schedule.lr_drop_at_g) == (7, 5)
+    assert cbp_b.multiplier_opt.param_groups[0]["lr"] == 0.002
+    assert cbp_b.multiplier_opt.state  # the moments came from the checkpoint
+    assert cbp_b.history["epoch"] == [0, 1, 2] and cbp_b.cfs_start == cbp_a.cfs_start

@@ -9,9 +9,26 @@ Attach it to a ``Trainer`` that fine-tunes a pretrained module; it knows nothing
 - ``on_before_optimizer_step``: adds ``lambda * dcs/dw`` to the (unscaled) weight gradient, i.e.
   the gradient of the Lagrangian ``L = task + sum lambda * cs(w; g)``; runs before gradient clipping;
 - ``on_train_batch_end``: clamps the latent weights to ``[-latent_clamp, latent_clamp]``;
-- ``on_train_epoch_end``: the event-driven g schedule on the epoch's Lagrangian sum (all-reduced),
-  LR drop at ``lr_drop_at_g``, a multiplier step after every g update; logs the CBP curves;
+- ``on_train_epoch_end``: the event-driven g schedule on the epoch's Lagrangian sum, LR drop at
+  ``lr_drop_at_g``, a multiplier step after every g update; logs the CBP curves;
 - ``on_fit_end``: bakes every latent weight onto its level (a plain module, weights ``a_l * F``).
+
+The epoch's Lagrangian sum is ``L_sum = sum over optimizer steps of (task loss + sum lambda cs)``.
+Under data parallelism every rank adds its own steps' ``task + constraint`` and the sums are
+all-reduced, as the reference sums the Lagrangian of every step it takes: the same ``L_sum`` as one
+device at the same per-device batch size (and W times that of one device taking the W ranks'
+batches together as one batch; tests/quant/test_ddp.py checks that factor). With
+``accumulate_grad_batches = k`` Lightning hands the callback the task loss divided by k, so a step's
+task term is the mean over its k micro-batches and the constraint is counted once per step: the
+``L_sum`` of one device at batch ``k * B``.
+
+Precision: the multipliers, their optimizer, the constraint sums and the gradient term
+``lambda * dcs/dw`` are float32 whatever the module's dtype; the term is cast to the weight
+gradient's dtype when added, so pure half precision (``16-true``, ``bf16-true``) works.
+
+Resume: a checkpoint restores the multipliers, their optimizer's moments, the window state (g, p,
+L_prev) and the history; the settings (``p_max``, ``lr_drop_at_g``, multiplier lr and weight
+decay) are the ones given now, and a change from the checkpoint's is logged as a warning.
 
 ``algorithm="ste"`` keeps the quantized forward, clamp and bake but drops the constraint and the
 multipliers: plain straight-through fine-tuning, the baseline CBP must beat.
@@ -26,6 +43,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
@@ -42,13 +60,15 @@ MULTIPLIER_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "
 @dataclass(frozen=True)
 class CBPResult:
     """What a finished (baked) CBP / STE stage hands the pipeline: the quantized layers, bits per
-    weight, each layer's levels, the final CFS, whether every weight sits on a level, the final
-    window index g and the per-epoch history (g, CFS, Lagrangian, task loss)."""
+    weight, each layer's levels, the final CFS (after the bake), the CFS of the latent weights when
+    the stage started, whether every weight sits on a level, the final window index g and the
+    per-epoch history (g, CFS of the latent weights before the bake, Lagrangian, task loss)."""
 
     layer_names: list[str]
     bits: int
     levels: dict[str, Tensor]
     cfs: float
+    cfs_start: float | None
     levels_ok: bool
     g_final: int
     history: dict[str, list[float]]
@@ -99,6 +119,7 @@ class CBPCallback(L.Callback):
         self.multipliers: dict[str, Tensor] = {}
         self.multiplier_opt: torch.optim.Optimizer | None = None
         self.initialized = False  # the initial multiplier step has happened
+        self.cfs_start: float | None = None  # CFS of the latents when the stage started
         self.baked = False
         self.history: dict[str, list[float]] = {"epoch": [], "g": [], "cfs": [], "lagrangian": [],
                                                 "task_loss": []}
@@ -106,7 +127,7 @@ class CBPCallback(L.Callback):
         self._levels_table: dict[str, Tensor] = {}
         self._task_sum: Tensor | None = None
         self._constraint_sum: Tensor | None = None
-        self._batches = 0
+        self._steps = 0
 
     @property
     def uses_constraint(self) -> bool:
@@ -136,7 +157,8 @@ class CBPCallback(L.Callback):
                 if id(p) not in latents:
                     p.requires_grad_(False)
         if self.uses_constraint:
-            self.multipliers = {n: torch.zeros_like(self.latent(n), requires_grad=False) for n in names}
+            self.multipliers = {n: torch.zeros_like(self.latent(n), dtype=torch.float32,
+                                                    requires_grad=False) for n in names}
             self._make_multiplier_optimizer()
 
     def _make_multiplier_optimizer(self) -> None:
@@ -174,7 +196,8 @@ class CBPCallback(L.Callback):
         self.bake()
         return CBPResult(layer_names=list(self.layer_names), bits=self.bits,
                          levels={n: lv.cpu() for n, lv in self.baked_levels().items()},
-                         cfs=self.cfs(), levels_ok=self.levels_ok(), g_final=self.schedule.g,
+                         cfs=self.cfs(), cfs_start=self.cfs_start, levels_ok=self.levels_ok(),
+                         g_final=self.schedule.g,
                          history=self.history)
 
     # ------------------------------------------------------------------ metrics
@@ -209,7 +232,7 @@ class CBPCallback(L.Callback):
         assert self.multiplier_opt is not None
         for name, lam in self.multipliers.items():
             cs, _ = constraint(self.latent(name), self.levels(name), self.schedule.g)
-            lam.grad = -cs  # the optimizer minimizes, so descend on -L
+            lam.grad = -cs.to(lam.dtype)  # the optimizer minimizes, so descend on -L
         self.multiplier_opt.step()
         self.multiplier_opt.zero_grad(set_to_none=True)
 
@@ -223,12 +246,13 @@ class CBPCallback(L.Callback):
             device = self.latent(self.layer_names[0]).device
             if next(iter(self.multipliers.values())).device != device:
                 for lam in self.multipliers.values():
-                    lam.data = lam.data.to(device)
+                    lam.data = lam.data.to(device, torch.float32)
                 self._make_multiplier_optimizer()
         if self._pending is not None:
             self._apply_state(self._pending)
             self._pending = None
         if not self.initialized:
+            self.cfs_start = self.cfs()
             self.multiplier_step()
             self.initialized = True
 
@@ -236,20 +260,22 @@ class CBPCallback(L.Callback):
         device = pl_module.device
         self._task_sum = torch.zeros((), device=device)
         self._constraint_sum = torch.zeros((), device=device)
-        self._batches = 0
+        self._steps = 0
 
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
+        self._steps += 1
         if not self.uses_constraint:
             return
         for name, lam in self.multipliers.items():
             w = self.latent(name)
             cs, grad = constraint(w, self.levels(name), self.schedule.g)
+            term = (lam * grad).to(w.dtype)  # float32 multipliers, the weight's own dtype
             if w.grad is None:
-                w.grad = lam * grad
+                w.grad = term
             else:
-                w.grad.add_(lam * grad)
+                w.grad.add_(term)
             self._constraint_sum += (lam * cs).sum()
 
     @torch.no_grad()
@@ -257,18 +283,17 @@ class CBPCallback(L.Callback):
                            batch: Any, batch_idx: int) -> None:
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
         if loss is not None:
-            self._task_sum += loss.detach()
-            self._batches += 1
+            self._task_sum += loss.detach().float()  # divided by accumulate_grad_batches
         if self.latent_clamp is not None:
             for name in self.layer_names:
                 self.latent(name).clamp_(-self.latent_clamp, self.latent_clamp)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # the task loss is summed over every rank's batches; the constraint term is the same on
-        # every rank (identical weights and multipliers), so it is counted once per step
-        task = trainer.strategy.reduce(self._task_sum, reduce_op="sum")
-        batches = max(self._batches * trainer.world_size, 1)
-        L_sum = float(task + self._constraint_sum)
+        # every rank's (task + constraint) over its own steps, summed over the ranks
+        sums = trainer.strategy.reduce(torch.stack([self._task_sum, self._constraint_sum]),
+                                       reduce_op="sum")
+        task, L_sum = float(sums[0]), float(sums.sum())
+        steps = max(self._steps * trainer.world_size, 1)
         if not math.isfinite(L_sum):
             raise FloatingPointError(
                 f"CBP stage, epoch {trainer.current_epoch}: the Lagrangian is {L_sum} "
@@ -285,8 +310,8 @@ class CBPCallback(L.Callback):
         self.history["g"].append(self.schedule.g)
         self.history["cfs"].append(cfs)
         self.history["lagrangian"].append(L_sum)
-        self.history["task_loss"].append(float(task) / batches)
-        metrics = {"cbp/task_loss": float(task) / batches, "cbp/lagrangian": L_sum,
+        self.history["task_loss"].append(task / steps)  # mean task loss per optimizer step
+        metrics = {"cbp/task_loss": task / steps, "cbp/lagrangian": L_sum,
                    "cbp/cfs": cfs, "cbp/g": float(self.schedule.g)}
         if self.uses_constraint:
             metrics["cbp/lambda_mean"] = float(
@@ -319,6 +344,7 @@ class CBPCallback(L.Callback):
             "multiplier_optimizer": self.multiplier_opt.state_dict() if self.multiplier_opt else None,
             "schedule": self.schedule.state_dict(),
             "initialized": self.initialized,
+            "cfs_start": self.cfs_start,
             "history": {k: list(v) for k, v in self.history.items()},
         }
 
@@ -337,7 +363,23 @@ class CBPCallback(L.Callback):
         for name, lam in self.multipliers.items():
             lam.copy_(state["multipliers"][name].to(lam.device))
         if self.multiplier_opt is not None and state["multiplier_optimizer"] is not None:
+            settings = {k: v for k, v in self.multiplier_opt.param_groups[0].items() if k != "params"}
             self.multiplier_opt.load_state_dict(state["multiplier_optimizer"])
-        self.schedule.load_state_dict(state["schedule"])
+            for group in self.multiplier_opt.param_groups:  # the moments resume, the settings not
+                self._warn_changed(group, settings, ("lr", "weight_decay"), "multiplier optimizer")
+                group.update(settings)
+        schedule = state["schedule"]
+        self._warn_changed(schedule, vars(self.schedule), ("p_max", "lr_drop_at_g"), "schedule")
+        self.schedule.load_state_dict({k: schedule[k] for k in ("g", "p", "L_prev")})
         self.initialized = state["initialized"]
+        self.cfs_start = state.get("cfs_start")
         self.history = {k: list(v) for k, v in state["history"].items()}
+
+    @staticmethod
+    def _warn_changed(saved: dict[str, Any], given: dict[str, Any], keys: Sequence[str],
+                      what: str) -> None:
+        changed = [f"{k} {saved[k]!r} -> {given[k]!r}" for k in keys
+                   if k in saved and saved[k] != given[k]]
+        if changed:
+            rank_zero_warn(f"resuming the CBP stage with the {what} settings given now, not the "
+                           f"checkpoint's: {', '.join(changed)}")
