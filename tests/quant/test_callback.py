@@ -263,7 +263,8 @@ class Recorder(L.Callback):
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer, module, optimizer):
         cbp = self.cbp
-        term = sum(float((cbp.multipliers[n] * constraint(cbp.latent(n), cbp.levels(n), cbp.schedule.g)[0]).sum())
+        g = cbp.schedule.g
+        term = sum(float((cbp.multipliers[n] * constraint(cbp.latent(n), cbp.levels(n), g)[0]).sum())
                    for n in cbp.layer_names)
         self.steps.append({"epoch": trainer.current_epoch, "constraint": term})
 
