@@ -39,8 +39,11 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as err:  # the message says what to write instead; no traceback needed
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    print_summary(summary, HydraConfig.get().runtime.output_dir)
-    logging.getLogger(__name__).info("summary: %s", json.dumps(summary))
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if rank_zero_only.rank == 0:  # under DDP every rank runs this; one table
+        print_summary(summary, HydraConfig.get().runtime.output_dir)
+        logging.getLogger(__name__).info("summary: %s", json.dumps(summary))
     return summary["quant_acc"]
 
 

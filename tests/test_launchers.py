@@ -44,7 +44,7 @@ def run_sweep(tmp_path, *extra, env=None, timeout=600):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/summary.json"))]
     assert sorted(s["quant"] for s in summaries) == ["binary", "ternary"]
-    assert all(s["levels_ok"] for s in summaries)
+    assert all(s["bits_per_weight"] == {"binary": 1, "ternary": 2}[s["quant"]] for s in summaries)
     return sweep_dir
 
 

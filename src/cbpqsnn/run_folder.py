@@ -154,6 +154,8 @@ def evaluate_run(run_dir: str | Path, weights: str = "quantized",
     cfg = load_run_config(run_dir)
     weights_path(run_dir, weights, cfg)  # fail on a missing file before building anything
     cfg.trainer.enable_progress_bar = bool(progress_bar)
+    # one process, whatever the run trained on (a DDP run's config would start more processes)
+    cfg.trainer.devices, cfg.trainer.strategy, cfg.trainer.num_nodes = 1, "auto", 1
     if limit_test_batches is not None:
         cfg.trainer.limit_test_batches = limit_test_batches
     L.seed_everything(cfg.seed, workers=True, verbose=False)

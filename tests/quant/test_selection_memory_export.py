@@ -45,20 +45,32 @@ def test_layer_selection_skips_first_last_and_fixed_layers():
     assert select_layers(model, exclude=["d*"]) == ["conv2", "fc1"]
 
 
-def test_vgg16_cifar100_binary_memory_is_about_3_5_percent():
-    model = vgg16(100)
-    names = select_layers(model)
-    convs = [m for m in model if isinstance(m, nn.Conv2d)]
-    assert len(names) == len(convs) - 1  # all convs but the first; the classifier stays FP32
-    n_quant = sum(m.weight.numel() for m in convs[1:])
-    n_fp32 = convs[0].weight.numel() + sum(m.bias.numel() for m in convs) + 512 * 100 + 100
-    memory = weight_memory(model, names, bits=1)
+def test_the_calib_cifar100_rows_vgg16_binary_memory_is_about_3_5_percent():
+    """The project's paper row (conf/model/vgg16_cifar.yaml via experiment=calib_cifar100), as the
+    CBP callback selects its layers: every conv but the first, spiking pools' fixed convs and the
+    classifier FP32."""
+    from omegaconf import OmegaConf
+
+    from cbpqsnn.methods.calib import CalibClassifier
+    from tests.conftest import compose
+
+    cfg = compose(["experiment=calib_cifar100"])
+    assert cfg.model.name == "vgg16_cifar"
+    module = CalibClassifier(model=OmegaConf.to_container(cfg.model, resolve=True),
+                             in_shape=(3, 32, 32), num_classes=100, T=2)
+    names = select_layers(module)
+    modules = dict(module.named_modules())
+    convs = [n for n, m in modules.items() if isinstance(m, nn.Conv2d) and m.weight.requires_grad]
+    assert len(convs) == 13 and names == convs[1:]  # 12 quantized convs
+    n_quant = sum(modules[n].weight.numel() for n in names)
+    n_all = sum(p.numel() for p in module.parameters())
+    memory = weight_memory(module, names, bits=1)
     assert memory.quantized_weights == n_quant
-    assert memory.bits == n_quant + 32 * (n_fp32 + len(names))
-    assert memory.fp32_bytes == 4 * (n_quant + n_fp32)
+    assert memory.bits == n_quant + 32 * (n_all - n_quant + len(names))  # + one scale per layer
+    assert memory.fp32_bytes == 4 * n_all
     assert memory.ratio == pytest.approx(0.035, abs=0.001)  # the CBP-QSNN abstract's 3.5 %
-    ternary = weight_memory(model, names, bits=2)
-    expected = (2 * n_quant + 32 * (n_fp32 + 12)) / 8 / (4 * (n_quant + n_fp32))
+    ternary = weight_memory(module, names, bits=2)
+    expected = (2 * n_quant + 32 * (n_all - n_quant + len(names))) / 8 / (4 * n_all)
     assert ternary.ratio == pytest.approx(expected, rel=1e-4)
 
 
