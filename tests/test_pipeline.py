@@ -86,6 +86,16 @@ def test_cbp_pulls_the_latents_onto_the_levels_and_ste_from_the_same_start_does_
     assert cbp["history"]["cfs"][-1] < 0.7 * ste["history"]["cfs"][-1]
 
 
+def test_pure_bf16_run_completes_both_stages(tiny_cfg, tmp_path):
+    """trainer.precision=bf16-true on the CPU: float32 multipliers, bf16 weights (issue: a bf16
+    constraint assigned to a float32 multiplier's grad used to crash)."""
+    summary = run(tiny_cfg("trainer.precision=bf16-true", "method.cbp.callback.p_max=1"), tmp_path)
+    assert summary["levels_ok"] and summary["history"]["cfs"][-1] < summary["cfs_start"]
+    state = torch.load(tmp_path / "quantized.pt")
+    layer = summary["quantized_layers"][0]
+    assert state[f"{layer}.weight"].dtype == torch.bfloat16 and state[f"{layer}.weight"].unique().numel() == 2
+
+
 def test_fp32_run_skips_the_cbp_stage(tiny_cfg, tmp_path):
     summary = run(tiny_cfg("quant=fp32"), tmp_path)
     assert summary["quant_acc"] == summary["fp32_acc"] and summary["memory_ratio"] == 1.0
