@@ -12,31 +12,92 @@ from cbpqsnn.neurons.base import MultiStepNeuron
 from cbpqsnn.neurons.surrogates import ATan, Rectangular, Surrogate, spike
 
 
+class _STBPLIFFunction(torch.autograd.Function):
+    """:class:`STBPLIF` over ``[T, B, ...]`` in one autograd node, bit-identical to its step loop.
+
+    Forward (``q[t] = 1 - o[t] = 1[u[t] <= V_th]``): ``u[0] = x[0]``,
+    ``u[t] = (decay u[t-1]) q[t-1] + x[t]``, ``o[t] = 1[u[t] > V_th]``. Saves ``u`` and ``q``.
+    Backward, ``a[t] = decay u[t]``, ``sg[t] = surrogate'(u[t] - V_th)``, ``go = dL/do``::
+
+        do_total[t] = go[t] - gu[t+1] a[t]                 (the reset term; 0 with detach_reset)
+        gu[t]       = do_total[t] sg[t] + (gu[t+1] q[t]) decay
+        dL/dx[t]    = gu[t]
+
+    The products and sums are the ones autograd forms for the step loop, in the same order, so
+    the gradients are bitwise those of :meth:`STBPLIF.step_loop` (tests check it).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, v_threshold: float, decay: float, surrogate: Surrogate,
+                detach_reset: bool) -> Tensor:
+        u = torch.empty_like(x)
+        quiet = torch.empty_like(x)
+        spikes = torch.empty_like(x)
+        u[0] = x[0]
+        for t in range(x.shape[0]):
+            if t:
+                torch.mul(u[t - 1], decay, out=u[t])
+                u[t].mul_(quiet[t - 1]).add_(x[t])
+            torch.le(u[t], v_threshold, out=quiet[t])
+            torch.gt(u[t], v_threshold, out=spikes[t])
+        ctx.save_for_backward(u, quiet)
+        ctx.constants = (v_threshold, decay, surrogate, detach_reset)
+        return spikes
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_spikes: Tensor) -> tuple[Tensor | None, ...]:
+        u, quiet = ctx.saved_tensors
+        v_threshold, decay, surrogate, detach_reset = ctx.constants
+        sg = surrogate.derivative(u - v_threshold)
+        a = None if detach_reset else u * decay
+        grad_x = torch.empty_like(u)
+        gu = grad_spikes[-1] * sg[-1]
+        grad_x[-1] = gu
+        for t in range(u.shape[0] - 2, -1, -1):
+            carried = (gu * quiet[t]).mul_(decay)
+            spike_grad = grad_spikes[t] if a is None else grad_spikes[t] - gu * a[t]
+            gu = spike_grad.mul_(sg[t]) if a is not None else spike_grad * sg[t]
+            gu = gu.add_(carried)
+            grad_x[t] = gu
+        return grad_x, None, None, None, None
+
+
 class STBPLIF(MultiStepNeuron):
     """Iterative LIF of STBP (Wu et al. 2018).
 
     ``u[t] = decay * u[t-1] * (1 - o[t-1]) + I[t]``, ``o[t] = 1[u[t] > V_th]``.
     The reset is folded into the decay and the gradient flows through ``o[t-1]`` in the reset
-    term (it is not detached), exactly as in the STBP code.
+    term (it is not detached), exactly as in the STBP code; ``detach_reset=True`` stops it (the
+    LIF of SpikingJelly with ``decay_input=False`` and snnTorch's ``Leaky`` with a zero reset,
+    ``decay = 1 - 1/tau = beta``). ``forward`` runs the fused :class:`_STBPLIFFunction` (bitwise
+    the step loop's outputs and gradients, with less time and memory).
     """
 
     def __init__(self, v_threshold: float = 0.5, decay: float = 0.25,
-                 surrogate: Surrogate | None = None) -> None:
+                 surrogate: Surrogate | None = None, detach_reset: bool = False) -> None:
         super().__init__(surrogate or Rectangular(1.0))
         self.v_threshold = float(v_threshold)
         self.decay = float(decay)
+        self.detach_reset = bool(detach_reset)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _STBPLIFFunction.apply(x, self.v_threshold, self.decay, self.surrogate,
+                                      self.detach_reset)
 
     def step(self, x_t: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Any]:
         if state is None:
             u = x_t
         else:
             u_prev, o_prev = state
-            u = self.decay * u_prev * (1 - o_prev) + x_t
+            o_reset = o_prev.detach() if self.detach_reset else o_prev
+            u = self.decay * u_prev * (1 - o_reset) + x_t
         o = spike(u - self.v_threshold, self.surrogate, strict=True)
         return o, (u, o)
 
     def extra_repr(self) -> str:
-        return f"v_threshold={self.v_threshold}, decay={self.decay}, {super().extra_repr()}"
+        return (f"v_threshold={self.v_threshold}, decay={self.decay}, "
+                f"detach_reset={self.detach_reset}, {super().extra_repr()}")
 
 
 class ParametricLIF(MultiStepNeuron):

@@ -1,0 +1,93 @@
+"""Cost of a CBP fine-tuning step against the same step with straight-through estimation (STE).
+
+    .venv/bin/python benchmarks/cbp_step.py [--batches 30] [--rounds 3] [--threads 2] [overrides]
+
+Builds the default run's network and data (``conf/train.yaml``: STBP, mnist5k, binary; extra
+Hydra overrides after the options), then fine-tunes it with Lightning for ``--batches`` training
+batches with ``quant.algorithm=cbp`` and with ``ste`` in turn, ``--rounds`` times, from the same
+weights. A step is timed from ``on_train_batch_start`` to ``on_train_batch_end`` (forward,
+backward, the callback's hooks, clipping, optimizer step, latent clamp); the first 3 steps of
+every fit are warm-up. Prints the median step of each and the ratio CBP / STE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import lightning as L
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+
+from cbpqsnn.builders import build_datamodule, build_module  # noqa: E402
+from cbpqsnn.pipeline import make_cbp_callback  # noqa: E402
+
+WARMUP = 3
+
+
+class StepTimer(L.Callback):
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.times.append(time.perf_counter() - self._start)
+
+
+def fit_steps(cfg, datamodule, state: dict, batches: int) -> list[float]:
+    module = build_module(cfg, datamodule)
+    module.load_state_dict(state)
+    stage = cfg.method.cbp
+    module.set_optimization(instantiate(stage.optimizer))
+    timer = StepTimer()
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=batches, limit_val_batches=0,
+                        accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[make_cbp_callback(cfg), timer],
+                        gradient_clip_val=stage.gradient_clip_val,
+                        gradient_clip_algorithm=stage.gradient_clip_algorithm)
+    trainer.fit(module, datamodule=datamodule)
+    return timer.times[WARMUP:]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args, overrides = parser.parse_known_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    import logging
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        configs = {algo: compose("train", overrides=[*overrides, f"quant.algorithm={algo}"])
+                   for algo in ("cbp", "ste")}
+    L.seed_everything(0, verbose=False)
+    datamodule = build_datamodule(configs["cbp"])
+    datamodule.batch_size = int(configs["cbp"].method.cbp.batch_size)
+    state = build_module(configs["cbp"], datamodule).state_dict()
+    times: dict[str, list[float]] = {"cbp": [], "ste": []}
+    for _ in range(args.rounds):
+        for algo, cfg in configs.items():
+            times[algo] += fit_steps(cfg, datamodule, state, args.batches)
+    cbp, ste = (statistics.median(times[a]) for a in ("cbp", "ste"))
+    print(f"CBP step {1000 * cbp:.1f} ms, STE step {1000 * ste:.1f} ms (median of "
+          f"{len(times['cbp'])} each): CBP / STE = {cbp / ste:.3f}")
+
+
+if __name__ == "__main__":
+    main()
