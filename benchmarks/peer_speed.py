@@ -13,15 +13,16 @@ surrogate; checked before timing: identical spikes, gradients within 1e-5 relati
 Columns: ``plain`` (a hand-written PyTorch loop: stateless layers on all T steps at once, the
 neuron step by step with an autograd surrogate), ``project`` (:class:`cbpqsnn.neurons.STBPLIF`
 with ``detach_reset=True``, ``decay=0.5``: the fused multi-step neuron), ``spikingjelly``
-(``LIFNode(tau=2, decay_input=False, detach_reset=True, surrogate ATan(2))``, multi-step, torch
-backend, stateless layers in ``SeqToANNContainer``) and ``snntorch`` (``Leaky(beta=0.5,
-reset_mechanism="zero", atan)``, the whole network step by step, as snnTorch runs it).
+(``LIFNode(tau=2, decay_input=False, detach_reset=True, surrogate ATan(2))``, multi-step,
+stateless layers in ``SeqToANNContainer``) and ``snntorch`` (``Leaky(beta=0.5,
+reset_mechanism="zero", atan)`` stepped over T; its tutorials step the whole network instead, but
+batch norm over one step's batch is another function than over all T steps' samples).
 
 A step is forward, loss, backward and an SGD step. Every column runs in its own process (the
 peers are the optional ``bench`` extra); each process warms up, then times ``--repeats`` x
 ``--steps`` steps; the columns run in turn for ``--rounds`` rounds, and the table gives the median
-step time, its ratio to ``plain`` and the peak resident memory the training adds above the
-process's baseline (ratio to ``plain``).
+step time, its ratio to ``plain`` and the memory autograd keeps from the forward for the backward
+(distinct tensor storages, the training memory above weights and batch; ratio to ``plain``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import statistics
 import subprocess
 import sys
@@ -141,7 +141,7 @@ class SpikingJelly(nn.Module):
                         neuron.LIFNode(tau=1 / (1 - DECAY), decay_input=False, v_threshold=THRESHOLD,
                                        v_reset=0.0, detach_reset=True,
                                        surrogate_function=surrogate.ATan(alpha=ALPHA),
-                                       step_mode="m", backend="torch")]
+                                       step_mode="m")]
             if pool is not None:
                 modules.append(layer.SeqToANNContainer(pool))
         self.net = nn.Sequential(*modules)
@@ -166,15 +166,14 @@ class SnnTorch(nn.Module):
                       spike_grad=surrogate.atan(alpha=ALPHA)) for _ in self.blocks)
 
     def forward(self, x: Tensor) -> Tensor:
-        mems = [lif.init_leaky() for lif in self.lifs]
-        out = []
-        for x_t in x.unbind(0):
-            h = x_t
-            for i, (block, pool, lif) in enumerate(zip(self.blocks, self.pools, self.lifs, strict=True)):
-                h, mems[i] = lif(block(h), mems[i])
-                h = pool(h) if pool is not None else h
-            out.append(h)
-        return torch.stack(out)
+        for block, pool, lif in zip(self.blocks, self.pools, self.lifs, strict=True):
+            current, mem, spikes = merged(block, x), lif.init_leaky(), []
+            for i_t in current.unbind(0):
+                spike, mem = lif(i_t, mem)
+                spikes.append(spike)
+            x = torch.stack(spikes)
+            x = merged(pool, x) if pool is not None else x
+        return x
 
 
 COLUMNS = {"plain": Plain, "project": Project, "spikingjelly": SpikingJelly, "snntorch": SnnTorch}
@@ -219,7 +218,6 @@ def time_column(name: str, workload: str, steps: int, repeats: int) -> dict[str,
         loss_of(net(x), y).backward()
         optimizer.step()
 
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     step()
     step()
     times = []
@@ -228,8 +226,23 @@ def time_column(name: str, workload: str, steps: int, repeats: int) -> dict[str,
         for _ in range(steps):
             step()
         times.append((time.perf_counter() - start) / steps)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"times": times, "memory_mb": (peak - baseline) / 1024}
+    return {"times": times, "memory_mb": saved_for_backward(net, x, y) / 2**20}
+
+
+def saved_for_backward(net: nn.Module, x: Tensor, y: Tensor) -> int:
+    """Bytes autograd keeps between forward and backward (distinct storages): the training
+    memory a step adds above the weights and the batch."""
+    storages: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = loss_of(net(x), y)
+    loss.backward()
+    return sum(storages.values())
 
 
 def main() -> None:
@@ -263,7 +276,7 @@ def main() -> None:
                 memory[column].append(result["memory_mb"])
         base = statistics.median(samples["plain"]) if "plain" in samples else None
         base_mem = statistics.median(memory["plain"]) if "plain" in memory else None
-        print(f"\n| {workload} | step ms | vs plain | training memory MB | vs plain |")
+        print(f"\n| {workload} | step ms | vs plain | saved for backward MB | vs plain |")
         print("|---|---|---|---|---|")
         for column in columns:
             ms = 1000 * statistics.median(samples[column])

@@ -142,3 +142,10 @@ def test_fused_stbp_lif_is_bitwise_its_step_loop_in_float32(surrogate, detach_re
     else:
         assert torch.equal(grad_fused, grad_loop)
     assert 0.05 < float(out_fused.mean()) < 0.95 and float(grad_fused.abs().sum()) > 0
+
+
+@pytest.mark.parametrize("surrogate", [Rectangular(1.0), Rectangular(0.4), ATan(2.0), Sigmoid(4.0),
+                                       FastSigmoid(10.0)])
+def test_in_place_surrogate_derivative_is_bitwise_the_derivative(surrogate):
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(surrogate.derivative_(x.clone()), surrogate.derivative(x))

@@ -13,53 +13,60 @@ from cbpqsnn.neurons.surrogates import ATan, Rectangular, Surrogate, spike
 
 
 class _STBPLIFFunction(torch.autograd.Function):
-    """:class:`STBPLIF` over ``[T, B, ...]`` in one autograd node, bit-identical to its step loop.
+    """:class:`STBPLIF` over ``[T, B, ...]`` in one autograd node, bitwise its step loop.
 
     Forward (``q[t] = 1 - o[t] = 1[u[t] <= V_th]``): ``u[0] = x[0]``,
-    ``u[t] = (decay u[t-1]) q[t-1] + x[t]``, ``o[t] = 1[u[t] > V_th]``. Saves ``u`` and ``q``.
-    Backward, ``a[t] = decay u[t]``, ``sg[t] = surrogate'(u[t] - V_th)``, ``go = dL/do``::
+    ``u[t] = x[t] + (decay u[t-1]) q[t-1]`` (one ``addcmul`` per step), ``o[t] = 1[u[t] > V_th]``.
+    Saves ``u`` only (``q`` is recomputed). Backward, ``sg[t] = surrogate'(u[t] - V_th)``,
+    ``go = dL/do``, ``a[t] = decay u[t]``::
 
-        do_total[t] = go[t] - gu[t+1] a[t]                 (the reset term; 0 with detach_reset)
+        do_total[t] = go[t] - gu[t+1] a[t]                 (the reset term; none with detach_reset)
         gu[t]       = do_total[t] sg[t] + (gu[t+1] q[t]) decay
         dL/dx[t]    = gu[t]
 
-    The products and sums are the ones autograd forms for the step loop, in the same order, so
-    the gradients are bitwise those of :meth:`STBPLIF.step_loop` (tests check it).
+    The backward works one step at a time (temporaries of one step, not of all T: a tensor of all
+    T steps of a conv layer is tens of MB, and each fresh one costs page faults). The products
+    and sums round as autograd's for the step loop, so the gradients are bitwise those of
+    :meth:`STBPLIF.step_loop` (tests check it). ``addcmul`` appears only where one factor is ``q``
+    (0 or 1): the product is exact, so a fused multiply-add rounds like the separate operations.
     """
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, v_threshold: float, decay: float, surrogate: Surrogate,
                 detach_reset: bool) -> Tensor:
         u = torch.empty_like(x)
-        quiet = torch.empty_like(x)
         spikes = torch.empty_like(x)
+        quiet = torch.empty_like(x[0])
         u[0] = x[0]
         for t in range(x.shape[0]):
             if t:
-                torch.mul(u[t - 1], decay, out=u[t])
-                u[t].mul_(quiet[t - 1]).add_(x[t])
-            torch.le(u[t], v_threshold, out=quiet[t])
+                torch.addcmul(x[t], u[t - 1], quiet, value=decay, out=u[t])
             torch.gt(u[t], v_threshold, out=spikes[t])
-        ctx.save_for_backward(u, quiet)
+            if t + 1 < x.shape[0]:
+                torch.le(u[t], v_threshold, out=quiet)
+        ctx.save_for_backward(u)
         ctx.constants = (v_threshold, decay, surrogate, detach_reset)
         return spikes
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad_spikes: Tensor) -> tuple[Tensor | None, ...]:
-        u, quiet = ctx.saved_tensors
+        (u,) = ctx.saved_tensors
         v_threshold, decay, surrogate, detach_reset = ctx.constants
-        sg = surrogate.derivative(u - v_threshold)
-        a = None if detach_reset else u * decay
         grad_x = torch.empty_like(u)
-        gu = grad_spikes[-1] * sg[-1]
-        grad_x[-1] = gu
-        for t in range(u.shape[0] - 2, -1, -1):
-            carried = (gu * quiet[t]).mul_(decay)
-            spike_grad = grad_spikes[t] if a is None else grad_spikes[t] - gu * a[t]
-            gu = spike_grad.mul_(sg[t]) if a is not None else spike_grad * sg[t]
-            gu = gu.add_(carried)
-            grad_x[t] = gu
+        quiet = torch.empty_like(u[0])
+        for t in range(u.shape[0] - 1, -1, -1):  # per step: no temporary of the size of all T
+            spike_grad = grad_spikes[t]
+            if t + 1 < u.shape[0]:
+                gu = grad_x[t + 1]
+                if not detach_reset:  # no fused multiply-add here: rounds as autograd does
+                    spike_grad = spike_grad - gu * (u[t] * decay)
+            direct = surrogate.derivative_(u[t] - v_threshold).mul_(spike_grad)
+            if t + 1 < u.shape[0]:
+                torch.le(u[t], v_threshold, out=quiet)
+                torch.addcmul(direct, gu, quiet, value=decay, out=grad_x[t])
+            else:
+                grad_x[t] = direct
         return grad_x, None, None, None, None
 
 
