@@ -64,3 +64,28 @@ def test_band_shrinks_as_g_grows_and_constraint_equals_y_outside():
 def test_constraint_rejects_g_below_one():
     with pytest.raises(ValueError, match="g must be >= 1"):
         constraint(torch.zeros(3), TERNARY, 0.5)
+
+
+def two_search_constraint(w, levels, g):
+    """The definition with two searches (nearest level; interval by a search of the levels)."""
+    idx = torch.bucketize(w, (levels[1:] + levels[:-1]) / 2, right=True)
+    diff = w - levels[idx]
+    m = (levels[1:] + levels[:-1]) / 2
+    lower = torch.bucketize(w, levels, right=True).clamp(1, len(levels) - 1) - 1
+    half_band = (levels[lower + 1] - levels[lower]) / (2 * g)
+    free = (w - m[lower]).abs() < half_band
+    return (torch.where(free, torch.zeros_like(w), 2 * diff.abs()),
+            torch.where(free, torch.zeros_like(w), 2 * torch.sign(diff)))
+
+
+@pytest.mark.parametrize("g", [1, 2, 3, 7, 10, 20, 30])
+@pytest.mark.parametrize("factors", [[-1, 1], [-1, 0, 1], [-1, -0.5, -0.25, 0, 0.25, 0.5, 1]])
+def test_one_search_constraint_is_bitwise_the_two_search_definition(g, factors):
+    w = torch.randn(20000, generator=torch.Generator().manual_seed(g)) * 0.08
+    levels = torch.tensor(factors) * 0.061
+    w[:len(levels)] = levels  # on the levels, and exactly on the medians
+    w[len(levels):2 * len(levels) - 1] = (levels[1:] + levels[:-1]) / 2
+    cs, grad = constraint(w, levels, g)
+    ref_cs, ref_grad = two_search_constraint(w, levels, g)
+    assert torch.equal(cs, ref_cs) and torch.equal(grad, ref_grad)
+    assert (cs > 0).any() and (grad == 0).any()

@@ -271,11 +271,12 @@ class CBPCallback(L.Callback):
         for name, lam in self.multipliers.items():
             w = self.latent(name)
             cs, grad = constraint(w, self.levels(name), self.schedule.g)
-            term = (lam * grad).to(w.dtype)  # float32 multipliers, the weight's own dtype
             if w.grad is None:
-                w.grad = term
-            else:
-                w.grad.add_(term)
+                w.grad = (lam * grad).to(w.dtype)
+            elif w.grad.dtype == lam.dtype:  # grad is 0 or +-2: lam * grad is exact, one pass
+                w.grad.addcmul_(lam, grad)
+            else:  # float32 multipliers, the weight's own dtype (pure half precision)
+                w.grad.add_((lam * grad).to(w.dtype))
             self._constraint_sum += (lam * cs).sum()
 
     @torch.no_grad()

@@ -36,20 +36,36 @@ def constraint_failure(w: Tensor, levels: Tensor) -> Tensor:
     return 2 * (w - quantize(w, levels)).abs()
 
 
+@torch.no_grad()
 def constraint(w: Tensor, levels: Tensor, g: float) -> tuple[Tensor, Tensor]:
-    """Windowed constraint ``cs(w; g)`` and its gradient ``dcs/dw`` (element-wise, no autograd)."""
+    """Windowed constraint ``cs(w; g)`` and its gradient ``dcs/dw`` (element-wise, no autograd).
+
+    Written for a handful of levels without index tensors: the nearest level ``q(w)`` and the
+    median ``m_j`` and band half-width of the interval ``[q_j, q_{j+1})`` holding ``w`` (clamped
+    to the outer intervals) are filled level by level with comparisons (one per median, one per
+    inner level); binary needs none for the interval. Bitwise the values of the definition with
+    two searches (tests keep it as the reference).
+    """
     if g < 1:
         raise ValueError(f"window parameter g must be >= 1, got {g}")
-    idx = level_index(w, levels)
-    diff = w - levels[idx]
-    # Band around the median of the interval w lies in: w in [q_k, q_{k+1}) has k = clamp(...).
-    m = medians(levels)
-    lower = torch.bucketize(w, levels, right=True).clamp(1, len(levels) - 1) - 1
-    half_band = (levels[lower + 1] - levels[lower]) / (2 * g)
-    free = (w - m[lower]).abs() < half_band
-    cs = torch.where(free, torch.zeros_like(w), 2 * diff.abs())
-    grad = torch.where(free, torch.zeros_like(w), 2 * torch.sign(diff))
-    return cs, grad
+    values = levels.tolist()
+    mids = medians(levels).tolist()
+    half_bands = ((levels[1:] - levels[:-1]) / (2 * g)).tolist()
+    nearest = torch.where(w >= mids[0], w.new_tensor(values[1]), w.new_tensor(values[0]))
+    for i in range(1, len(mids)):  # ties at a median go up
+        nearest.masked_fill_(w >= mids[i], values[i + 1])
+    if len(values) == 2:  # one interval; symmetric levels have their median at 0 (w - 0 = w)
+        free = (w.abs() if mids[0] == 0 else (w - mids[0]).abs_()) < half_bands[0]
+    else:
+        mid_of = torch.full_like(w, mids[0])
+        band_of = torch.full_like(w, half_bands[0])
+        for j in range(1, len(values) - 1):
+            inside = w >= values[j]
+            mid_of.masked_fill_(inside, mids[j])
+            band_of.masked_fill_(inside, half_bands[j])
+        free = torch.sub(w, mid_of, out=mid_of).abs_() < band_of
+    twice = torch.sub(w, nearest, out=nearest).mul_(2).masked_fill_(free, 0)  # 2 (w - q(w)) outside
+    return twice.abs(), twice.sign_().mul_(2)
 
 
 class _StraightThrough(torch.autograd.Function):
