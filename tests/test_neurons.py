@@ -92,6 +92,8 @@ NEURON_CASES = {
     "stbp_lif_detached_reset": (lambda: neurons.STBPLIF(decay=0.5, detach_reset=True), True),
     "plif": (lambda: neurons.ParametricLIF(tau0=3.0).double(), True),
     "lif_attached_reset": (lambda: neurons.ParametricLIF(learnable=False, detach_reset=False), True),
+    "plif_reset_potential": (
+        lambda: neurons.ParametricLIF(tau0=1.5, v_reset=-0.2, detach_reset=False).double(), True),
     "if": (_if_neuron, True),
     "if_detached_reset": (lambda: _if_neuron(detach_reset=True), True),
     "tssl": (lambda: neurons.TSSLNeuron(), False),

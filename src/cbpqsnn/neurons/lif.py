@@ -107,6 +107,67 @@ class STBPLIF(MultiStepNeuron):
                 f"detach_reset={self.detach_reset}, {super().extra_repr()}")
 
 
+class _PLIFFunction(torch.autograd.Function):
+    """:class:`ParametricLIF` over ``[T, B, ...]`` in one autograd node.
+
+    Forward: ``d[t] = X[t] - (V[t-1] - V_r)``, ``H[t] = V[t-1] + k d[t]``, ``S[t] = 1[H[t] >= V_th]``,
+    ``V[t] = H[t] q[t] + V_r S[t]`` with ``q[t] = 1 - S[t]``; saves ``H`` and ``d``. Backward, one
+    step at a time (``sg[t] = surrogate'(H[t] - V_th)``, ``gV[t] = gH[t+1] (1 - k)``)::
+
+        dL/dS_total[t] = dL/dS[t] + gV[t] (V_r - H[t])      (the reset term; none with detach_reset)
+        gH[t]          = dL/dS_total[t] sg[t] + gV[t] q[t]
+        dL/dX[t]       = k gH[t],     dL/dk = sum_t sum gH[t] d[t]
+
+    The outputs are bitwise the step loop's; the gradients agree to rounding (the sum over T of
+    ``dL/dk`` is taken in another order).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, k: Tensor, v_threshold: float, v_reset: float,
+                surrogate: Surrogate, detach_reset: bool) -> Tensor:
+        h = torch.empty_like(x)
+        d = torch.empty_like(x)
+        spikes = torch.empty_like(x)
+        k_value = float(k)
+        v = torch.full_like(x[0], v_reset)
+        for t in range(x.shape[0]):
+            torch.sub(x[t], v - v_reset, out=d[t])
+            torch.mul(d[t], k_value, out=h[t]).add_(v)
+            torch.ge(h[t], v_threshold, out=spikes[t])
+            if t + 1 < x.shape[0]:
+                v = h[t] * torch.lt(h[t], v_threshold)
+                if v_reset:
+                    v.add_(spikes[t], alpha=v_reset)
+        ctx.save_for_backward(h, d, k)
+        ctx.constants = (v_threshold, v_reset, surrogate, detach_reset)
+        return spikes
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_spikes: Tensor) -> tuple[Tensor | None, ...]:
+        h, d, k = ctx.saved_tensors
+        v_threshold, v_reset, surrogate, detach_reset = ctx.constants
+        k_value = float(k)
+        grad_x = torch.empty_like(h)
+        grad_k = torch.zeros((), dtype=h.dtype, device=h.device)
+        quiet = torch.empty_like(h[0])
+        gv = None
+        for t in range(h.shape[0] - 1, -1, -1):
+            spike_grad = grad_spikes[t]
+            if gv is not None and not detach_reset:
+                spike_grad = spike_grad + gv * (v_reset - h[t])
+            gh = surrogate.derivative_(h[t] - v_threshold).mul_(spike_grad)
+            if gv is not None:
+                torch.lt(h[t], v_threshold, out=quiet)
+                gh.addcmul_(gv, quiet)  # q is 0 or 1: exact product
+            torch.mul(gh, k_value, out=grad_x[t])
+            if ctx.needs_input_grad[1]:
+                grad_k += (gh * d[t]).sum()
+            gv = gh - gh * k_value  # H[t] = V[t-1] + k (X[t] - V[t-1] + V_r)
+        return (grad_x, grad_k.reshape(k.shape) if ctx.needs_input_grad[1] else None,
+                None, None, None, None)
+
+
 class ParametricLIF(MultiStepNeuron):
     """LIF / PLIF of SpikingJelly (Fang et al. 2021), decay on the input:
 
@@ -114,6 +175,7 @@ class ParametricLIF(MultiStepNeuron):
     ``V[t] = H[t] (1 - S[t]) + V_reset S[t]`` with the reset spike detached (``detach_reset``).
     ``k = sigmoid(w)``; ``w`` is one learnable scalar per layer (PLIF) initialised so that
     ``1/k = tau0`` (``tau0 = 2`` -> ``w = 0``), or a fixed buffer (plain LIF, ``learnable=False``).
+    ``forward`` runs the fused :class:`_PLIFFunction`; :meth:`step_loop` is the definition.
     """
 
     def __init__(self, tau0: float = 2.0, learnable: bool = True, v_threshold: float = 1.0,
@@ -134,6 +196,10 @@ class ParametricLIF(MultiStepNeuron):
     @property
     def tau(self) -> Tensor:
         return 1 / torch.sigmoid(self.w.detach())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _PLIFFunction.apply(x, torch.sigmoid(self.w), self.v_threshold, self.v_reset,
+                                   self.surrogate, self.detach_reset)
 
     def step(self, x_t: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
         k = torch.sigmoid(self.w)
