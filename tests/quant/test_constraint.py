@@ -79,7 +79,8 @@ def two_search_constraint(w, levels, g):
 
 
 @pytest.mark.parametrize("g", [1, 2, 3, 7, 10, 20, 30])
-@pytest.mark.parametrize("factors", [[-1, 1], [-1, 0, 1], [-1, -0.5, -0.25, 0, 0.25, 0.5, 1]])
+@pytest.mark.parametrize("factors", [[-1, 1], [-0.5, 1], [-1, 0, 1], [-1, -0.5, -0.25, 0, 0.25, 0.5, 1],
+                                     [i / 7 for i in range(-8, 8)]])  # int4: the search path
 def test_one_search_constraint_is_bitwise_the_two_search_definition(g, factors):
     w = torch.randn(20000, generator=torch.Generator().manual_seed(g)) * 0.08
     levels = torch.tensor(factors) * 0.061

@@ -36,18 +36,24 @@ def constraint_failure(w: Tensor, levels: Tensor) -> Tensor:
     return 2 * (w - quantize(w, levels)).abs()
 
 
+FEW_LEVELS = 8  # up to this many levels the constraint fills by comparison; above, one search
+
+
 @torch.no_grad()
 def constraint(w: Tensor, levels: Tensor, g: float) -> tuple[Tensor, Tensor]:
     """Windowed constraint ``cs(w; g)`` and its gradient ``dcs/dw`` (element-wise, no autograd).
 
-    Written for a handful of levels without index tensors: the nearest level ``q(w)`` and the
-    median ``m_j`` and band half-width of the interval ``[q_j, q_{j+1})`` holding ``w`` (clamped
-    to the outer intervals) are filled level by level with comparisons (one per median, one per
-    inner level); binary needs none for the interval. Bitwise the values of the definition with
-    two searches (tests keep it as the reference).
+    Needs the nearest level ``q(w)`` and the median ``m_j`` and band half-width of the interval
+    ``[q_j, q_{j+1})`` holding ``w`` (clamped to the outer intervals). For a few levels (binary,
+    ternary, shift sets) they are filled level by level with comparisons, without index tensors
+    (binary needs one comparison); for many (int4, int8) one ``bucketize`` gives the nearest level
+    ``k`` and the interval is ``j = k`` at or above ``q_k``, ``k - 1`` below it. Both are bitwise
+    the definition with two searches (tests keep it as the reference).
     """
     if g < 1:
         raise ValueError(f"window parameter g must be >= 1, got {g}")
+    if len(levels) > FEW_LEVELS:
+        return _constraint_by_search(w, levels, g)
     values = levels.tolist()
     mids = medians(levels).tolist()
     half_bands = ((levels[1:] - levels[:-1]) / (2 * g)).tolist()
@@ -64,7 +70,22 @@ def constraint(w: Tensor, levels: Tensor, g: float) -> tuple[Tensor, Tensor]:
             mid_of.masked_fill_(inside, mids[j])
             band_of.masked_fill_(inside, half_bands[j])
         free = torch.sub(w, mid_of, out=mid_of).abs_() < band_of
-    twice = torch.sub(w, nearest, out=nearest).mul_(2).masked_fill_(free, 0)  # 2 (w - q(w)) outside
+    return _outside_bands(torch.sub(w, nearest, out=nearest), free)
+
+
+def _constraint_by_search(w: Tensor, levels: Tensor, g: float) -> tuple[Tensor, Tensor]:
+    m = medians(levels)
+    idx = torch.bucketize(w, m, right=True)
+    diff = w - levels[idx]
+    lower = (idx - (diff < 0).to(idx.dtype)).clamp_(0, len(levels) - 2)
+    half_band = (levels[1:] - levels[:-1]) / (2 * g)
+    free = (w - m[lower]).abs_() < half_band[lower]
+    return _outside_bands(diff, free)
+
+
+def _outside_bands(diff: Tensor, free: Tensor) -> tuple[Tensor, Tensor]:
+    """``cs = 2 |w - q(w)|`` and ``dcs/dw = 2 sign(w - q(w))`` outside the bands, 0 inside."""
+    twice = diff.mul_(2).masked_fill_(free, 0)
     return twice.abs(), twice.sign_().mul_(2)
 
 
