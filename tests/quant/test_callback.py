@@ -168,15 +168,22 @@ def _snapshot(module, cbp):
     }
 
 
-def test_resume_from_checkpoint_continues_exactly_like_an_uninterrupted_run(tmp_path):
-    options = dict(levels="ternary", p_max=2, lr_drop_at_g=3, multiplier_lr=0.01, bake_at_end=False)
-    # uninterrupted: 5 epochs, a checkpoint after every epoch
-    module_a, cbp_a = pretrained(), CBPCallback(**options)
-    every_epoch = ModelCheckpoint(dirpath=str(tmp_path / "a"), filename="{epoch}", save_top_k=-1,
+RESUME_OPTIONS = dict(levels="ternary", p_max=2, lr_drop_at_g=3, multiplier_lr=0.01, bake_at_end=False)
+
+
+def fit_with_epoch_checkpoints(epochs, folder):
+    """A CBP stage from the pretrained MLP with a checkpoint after every epoch in ``folder``."""
+    module, cbp = pretrained(), CBPCallback(**RESUME_OPTIONS)
+    every_epoch = ModelCheckpoint(dirpath=str(folder), filename="{epoch}", save_top_k=-1,
                                   save_on_train_epoch_end=True)
-    fit(module_a, [cbp_a, every_epoch], 5, tmp_path / "a")
+    fit(module, [cbp, every_epoch], epochs, folder)
+    return module, cbp
+
+
+def test_resume_from_checkpoint_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    module_a, cbp_a = fit_with_epoch_checkpoints(5, tmp_path / "a")  # uninterrupted
     # interrupted after epoch index 2, resumed in a fresh process-like setup
-    module_b, cbp_b = pretrained(), CBPCallback(**options)
+    module_b, cbp_b = pretrained(), CBPCallback(**RESUME_OPTIONS)
     fit(module_b, [cbp_b], 5, tmp_path / "b", ckpt_path=str(tmp_path / "a" / "epoch=2.ckpt"))
     a, b = _snapshot(module_a, cbp_a), _snapshot(module_b, cbp_b)
     assert a["schedule"] == b["schedule"] and a["history"] == b["history"]
@@ -340,12 +347,8 @@ def test_pure_bf16_completes_a_cbp_stage_with_float32_multipliers(tmp_path):
 
 
 def test_resume_takes_the_settings_given_now_and_warns_about_the_change(tmp_path):
-    options = dict(levels="ternary", p_max=2, lr_drop_at_g=3, multiplier_lr=0.01, bake_at_end=False)
-    module_a, cbp_a = pretrained(), CBPCallback(**options)
-    every_epoch = ModelCheckpoint(dirpath=str(tmp_path / "a"), filename="{epoch}", save_top_k=-1,
-                                  save_on_train_epoch_end=True)
-    fit(module_a, [cbp_a, every_epoch], 2, tmp_path / "a")
-    changed = {**options, "p_max": 7, "lr_drop_at_g": 5, "multiplier_lr": 0.002}
+    _, cbp_a = fit_with_epoch_checkpoints(2, tmp_path / "a")
+    changed = {**RESUME_OPTIONS, "p_max": 7, "lr_drop_at_g": 5, "multiplier_lr": 0.002}
     module_b, cbp_b = pretrained(), CBPCallback(**changed)
     with pytest.warns(UserWarning) as caught:
         fit(module_b, [cbp_b], 3, tmp_path / "b", ckpt_path=str(tmp_path / "a" / "epoch=1.ckpt"))
