@@ -16,7 +16,9 @@ with ``detach_reset=True``, ``decay=0.5``: the fused multi-step neuron), ``spiki
 (``LIFNode(tau=2, decay_input=False, detach_reset=True, surrogate ATan(2))``, multi-step,
 stateless layers in ``SeqToANNContainer``) and ``snntorch`` (``Leaky(beta=0.5,
 reset_mechanism="zero", atan)`` stepped over T; its tutorials step the whole network instead, but
-batch norm over one step's batch is another function than over all T steps' samples).
+batch norm over one step's batch is another function than over all T steps' samples). On request
+(``--columns``): ``project_step_loop``, the project's neuron run by its step-by-step definition
+(what the fused kernel replaces).
 
 A step is forward, loss, backward and an SGD step. Every column runs in its own process (the
 peers are the optional ``bench`` extra); each process warms up, then times ``--repeats`` x
@@ -42,7 +44,7 @@ from torch import Tensor, nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-IMPLS = ("plain", "project", "spikingjelly", "snntorch")
+IMPLS = ("plain", "project", "spikingjelly", "snntorch")  # default columns; also project_step_loop
 WORKLOADS = {
     "conv": {"T": 8, "batch": 16, "input": (2, 64, 64)},
     "mlp": {"T": 25, "batch": 128, "input": (784,)},
@@ -130,6 +132,16 @@ class Project(nn.Module):
         return x
 
 
+class ProjectStepLoop(Project):
+    """The same neuron run by its step-by-step definition (autograd records every step)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block, pool in zip(self.blocks, self.pools, strict=True):
+            x = self.neuron.step_loop(merged(block, x))
+            x = merged(pool, x) if pool is not None else x
+        return x
+
+
 class SpikingJelly(nn.Module):
     def __init__(self, workload: str) -> None:
         super().__init__()
@@ -176,7 +188,8 @@ class SnnTorch(nn.Module):
         return x
 
 
-COLUMNS = {"plain": Plain, "project": Project, "spikingjelly": SpikingJelly, "snntorch": SnnTorch}
+COLUMNS = {"plain": Plain, "project": Project, "spikingjelly": SpikingJelly, "snntorch": SnnTorch,
+           "project_step_loop": ProjectStepLoop}
 
 
 def loss_of(out: Tensor, target: Tensor) -> Tensor:
@@ -184,12 +197,12 @@ def loss_of(out: Tensor, target: Tensor) -> Tensor:
 
 
 # -- check and time ----------------------------------------------------------------------------------
-def check(workload: str) -> dict[str, float]:
+def check(workload: str, columns: list[str]) -> dict[str, float]:
     """Every column computes the plain loop's function: spikes equal, gradients close."""
     x, y = data(workload)
     results = {}
-    for name, cls in COLUMNS.items():
-        net = cls(workload)
+    for name in ["plain", *[c for c in columns if c != "plain"]]:
+        net = COLUMNS[name](workload)
         x_in = x.clone().requires_grad_(True)
         out = net(x_in)
         loss_of(out, y).backward()
@@ -260,8 +273,11 @@ def main() -> None:
         print(json.dumps(time_column(*args.worker, args.steps, args.repeats)))
         return
     columns = args.columns.split(",")
+    unknown = sorted(set(columns) - COLUMNS.keys())
+    if unknown:
+        parser.error(f"unknown columns {unknown}; valid: {', '.join(COLUMNS)}")
     for workload in args.workloads.split(","):
-        worst = check(workload)
+        worst = check(workload, columns)
         print(f"{workload}: same function checked (largest relative gradient difference "
               f"{max(worst.values()):.1e})", flush=True)
         samples: dict[str, list[float]] = {c: [] for c in columns}

@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -21,3 +23,22 @@ def test_compute_per_row_prints_stage_hours_and_flops():
     assert abs(hours[0] + hours[1] - hours[2]) < 0.02 * hours[2]
     # FLOPs scale with epochs: 11 CBP epochs of the same network cost 11/6 of 6 pretraining epochs
     assert abs(flops[1] / flops[0] - 11 / 6) < 0.05
+
+
+def test_peer_speed_checks_the_columns_compute_the_same_function(monkeypatch):
+    """The benchmark's check passes for the project's fused neuron and its step loop (the peers
+    are an optional extra), and refuses a column that computes another function."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import peer_speed
+
+    worst = peer_speed.check("mlp", ["project", "project_step_loop"])
+    assert worst["project"] < 1e-6 and worst["project_step_loop"] < 1e-6
+
+    class LeakierProject(peer_speed.Project):
+        def __init__(self, workload):
+            super().__init__(workload)
+            self.neuron.decay = 0.4
+
+    monkeypatch.setitem(peer_speed.COLUMNS, "project", LeakierProject)
+    with pytest.raises(AssertionError, match="differ"):
+        peer_speed.check("mlp", ["project"])
