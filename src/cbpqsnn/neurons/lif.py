@@ -55,18 +55,15 @@ class _STBPLIFFunction(torch.autograd.Function):
         v_threshold, decay, surrogate, detach_reset = ctx.constants
         grad_x = torch.empty_like(u)
         quiet = torch.empty_like(u[0])
-        for t in range(u.shape[0] - 1, -1, -1):  # per step: no temporary of the size of all T
+        grad_x[-1] = surrogate.derivative_(u[-1] - v_threshold).mul_(grad_spikes[-1])
+        for t in range(u.shape[0] - 2, -1, -1):  # per step: no temporary of the size of all T
+            gu = grad_x[t + 1]
             spike_grad = grad_spikes[t]
-            if t + 1 < u.shape[0]:
-                gu = grad_x[t + 1]
-                if not detach_reset:  # no fused multiply-add here: rounds as autograd does
-                    spike_grad = spike_grad - gu * (u[t] * decay)
+            if not detach_reset:  # no fused multiply-add here: rounds as autograd does
+                spike_grad = spike_grad - gu * (u[t] * decay)
             direct = surrogate.derivative_(u[t] - v_threshold).mul_(spike_grad)
-            if t + 1 < u.shape[0]:
-                torch.le(u[t], v_threshold, out=quiet)
-                torch.addcmul(direct, gu, quiet, value=decay, out=grad_x[t])
-            else:
-                grad_x[t] = direct
+            torch.le(u[t], v_threshold, out=quiet)
+            torch.addcmul(direct, gu, quiet, value=decay, out=grad_x[t])
         return grad_x, None, None, None, None
 
 

@@ -54,9 +54,9 @@ def constraint(w: Tensor, levels: Tensor, g: float) -> tuple[Tensor, Tensor]:
         raise ValueError(f"window parameter g must be >= 1, got {g}")
     if len(levels) > FEW_LEVELS:
         return _constraint_by_search(w, levels, g)
-    values = levels.tolist()
-    mids = medians(levels).tolist()
-    half_bands = ((levels[1:] - levels[:-1]) / (2 * g)).tolist()
+    n = len(levels)  # the tables as Python numbers, read in one transfer (one sync on a GPU)
+    table = torch.cat([levels, medians(levels), (levels[1:] - levels[:-1]) / (2 * g)]).tolist()
+    values, mids, half_bands = table[:n], table[n:2 * n - 1], table[2 * n - 1:]
     nearest = torch.where(w >= mids[0], w.new_tensor(values[1]), w.new_tensor(values[0]))
     for i in range(1, len(mids)):  # ties at a median go up
         nearest.masked_fill_(w >= mids[i], values[i + 1])
