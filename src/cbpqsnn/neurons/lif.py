@@ -128,7 +128,7 @@ class _PLIFFunction(torch.autograd.Function):
         k_value = float(k)
         v = torch.full_like(x[0], v_reset)
         for t in range(x.shape[0]):
-            torch.sub(x[t], v - v_reset, out=d[t])
+            torch.sub(x[t], v - v_reset if v_reset else v, out=d[t])  # v - 0 is v: no temporary
             torch.mul(d[t], k_value, out=h[t]).add_(v)
             torch.ge(h[t], v_threshold, out=spikes[t])
             if t + 1 < x.shape[0]:
