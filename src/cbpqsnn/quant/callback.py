@@ -271,12 +271,11 @@ class CBPCallback(L.Callback):
         for name, lam in self.multipliers.items():
             w = self.latent(name)
             cs, grad = constraint(w, self.levels(name), self.schedule.g)
-            if w.grad is None:
-                w.grad = (lam * grad).to(w.dtype)
-            elif w.grad.dtype == lam.dtype:  # grad is 0 or +-2: lam * grad is exact, one pass
-                w.grad.addcmul_(lam, grad)
+            if w.grad is not None and w.grad.dtype == lam.dtype:
+                w.grad.addcmul_(lam, grad)  # grad is 0 or +-2: lam * grad is exact, one pass
             else:  # float32 multipliers, the weight's own dtype (pure half precision)
-                w.grad.add_((lam * grad).to(w.dtype))
+                term = (lam * grad).to(w.dtype)
+                w.grad = term if w.grad is None else w.grad.add_(term)
             self._constraint_sum += (lam * cs).sum()
 
     @torch.no_grad()
