@@ -118,6 +118,26 @@ def test_constraint_gradient_is_added_to_the_weight_gradient():
     assert cbp._constraint_sum.item() == pytest.approx(term, rel=1e-5)
 
 
+def test_constraint_gradient_reaches_bf16_weights_from_float32_multipliers():
+    """Pure half precision: the term is formed in float32 and cast to the weight's dtype."""
+    module = pretrained()
+    cbp = CBPCallback(levels="ternary")
+    cbp.attach(module)
+    module.to(torch.bfloat16)  # as Lightning's bf16-true converts the module after setup
+    cbp.on_train_epoch_start(None, module)
+    for name in cbp.layer_names:
+        cbp.multipliers[name].uniform_(0, 2)
+        w = cbp.latent(name)
+        w.grad = None if name == cbp.layer_names[0] else torch.ones_like(w)
+    cbp.on_before_optimizer_step(None, module, None)
+    for i, name in enumerate(cbp.layer_names):
+        w, lam = cbp.latent(name), cbp.multipliers[name]
+        _, dcs = constraint(w, cbp.levels(name), 1)
+        expected = (lam * dcs).to(torch.bfloat16) + (0 if i == 0 else 1)
+        assert w.grad.dtype == torch.bfloat16 and lam.dtype == torch.float32
+        assert torch.equal(w.grad, expected) and w.grad.abs().sum() > 0
+
+
 def test_ste_algorithm_has_no_constraint_and_no_multipliers():
     module = pretrained()
     cbp = CBPCallback(levels="binary", algorithm="ste")
