@@ -16,8 +16,8 @@ from omegaconf import OmegaConf
 
 from cbpqsnn import pipeline
 from cbpqsnn.config_check import ConfigError, check_config
-from cbpqsnn.quant.callback import CBPCallback
-from cbpqsnn.quant.levels import level_factors
+from cbpqsnn.quant.callback import QUANT_GROUP_ARGS, CBPCallback
+from cbpqsnn.quant.levels import default_scale, level_factors
 from tests.conftest import ROOT, compose
 
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
@@ -69,7 +69,10 @@ def test_a_typo_in_the_cbp_group_is_named_with_the_valid_settings():
 
 @pytest.mark.parametrize(("override", "expected"), [
     ("quant.levels=septenary", "unknown level set 'septenary'"),
-    ("quant.algorithm=cpb", "quant.algorithm='cpb': valid choices: cbp, ste, none"),
+    ("quant.algorithm=cpb", "quant.algorithm='cpb': valid choices: cbp, ptq, ste, scaled_ste, lsq, none"),
+    ("quant.scale=mean", "quant.scale='mean': valid choices: mean_abs, max_abs, mse or null"),
+    ("quant.algorithm=lsq", "quant.algorithm=lsq needs a uniform level set with a zero level"),
+    ("quant=shift2 quant.algorithm=scaled_ste", "scaled_ste (BWN / TWN scales) is defined for binary"),
     ("method.pretrain.epochs=-1", "method.pretrain.epochs=-1: must be an integer >= 1"),
     ("method.cbp.epochs=0", "method.cbp.epochs=0: must be an integer >= 1"),
     ("method.pretrain.batch_size=0", "method.pretrain.batch_size=0: must be an integer >= 1"),
@@ -82,7 +85,7 @@ def test_a_typo_in_the_cbp_group_is_named_with_the_valid_settings():
     ("pretrained=/no/such/fp32.ckpt", "pretrained=/no/such/fp32.ckpt: no such file"),
 ])
 def test_a_bad_value_fails_with_what_to_write_instead(override, expected):
-    assert expected in rejected([override])
+    assert expected in rejected(override.split())
 
 
 def test_a_missing_data_folder_is_named_unless_the_loader_may_download():
@@ -113,7 +116,7 @@ def test_the_cbp_group_holds_the_only_defaults_the_callback_signature_agrees():
     group = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "cbp" / "default.yaml"))
     signature = inspect.signature(CBPCallback.__init__).parameters
     defaults = {name: p.default for name, p in signature.items()
-                if name not in ("self", "levels", "algorithm")}
+                if name != "self" and name not in QUANT_GROUP_ARGS}
     assert set(group) == set(defaults)
     for name, value in group.items():
         default = list(defaults[name]) if isinstance(defaults[name], tuple) else defaults[name]
@@ -209,6 +212,14 @@ def test_the_level_files_state_the_factor_sets_of_their_names():
         quant = OmegaConf.load(path)
         if quant.get("levels") is not None and not isinstance(quant.levels, str):
             assert level_factors(list(quant.levels)) == level_factors(quant.name), path.name
+
+
+def test_the_level_files_state_the_scale_rule_the_code_defaults_to():
+    """One rule per level set: the file's ``scale`` is what a callback built without one uses."""
+    for path in sorted((ROOT / "conf" / "quant").glob("*.yaml")):
+        quant = OmegaConf.load(path)
+        if quant.get("levels") is not None:
+            assert quant.scale == default_scale(level_factors(quant.levels)), path.name
 
 
 @pytest.mark.parametrize(("levels", "expected"), [

@@ -12,6 +12,7 @@ import torch
 from cbpqsnn.guards import NonFiniteLossError
 from cbpqsnn.methods.stbp import STBPClassifier
 from cbpqsnn.pipeline import run
+from cbpqsnn.quant.quantizer import quantize
 from tests.conftest import ROOT
 
 SUMMARY_KEYS = {"method", "data", "model", "quant", "seed", "fp32_acc", "quant_acc", "acc_delta",
@@ -86,6 +87,31 @@ def test_cbp_pulls_the_latents_onto_the_levels_and_ste_from_the_same_start_does_
     assert cbp["history"]["cfs"][-1] < 0.7 * ste["history"]["cfs"][-1]
 
 
+def test_ptq_rounds_the_pretrained_network_without_a_stage_and_baselines_run_from_it(binary_run,
+                                                                                   tiny_cfg, tmp_path):
+    run_dir, _ = binary_run
+    start = f"pretrained={run_dir / 'checkpoints/fp32.ckpt'}"
+    ptq = run(tiny_cfg(start, "quant=ternary", "quant.algorithm=ptq"), tmp_path / "ptq")
+    assert ptq["epochs_cbp"] == 0 and ptq["history"]["epoch"] == [] and ptq["levels_ok"]
+    assert not (tmp_path / "ptq" / "checkpoints" / "cbp.ckpt").exists()
+    assert ptq["latent_acc"] == ptq["fp32_acc"] and ptq["scale"] == "mean_abs"
+    # the rounded pretrained weights, as the summary's FP32 checkpoint holds them
+    fp32 = torch.load(run_dir / "checkpoints/fp32.ckpt", weights_only=False)["state_dict"]
+    state = torch.load(tmp_path / "ptq" / "quantized.pt")
+    for layer in ptq["quantized_layers"]:
+        w = fp32[f"{layer}.weight"]
+        levels = w.abs().mean() * torch.tensor([-1.0, 0.0, 1.0])
+        assert torch.equal(state[f"{layer}.weight"], quantize(w, levels))
+    lsq = run(tiny_cfg(start, "quant=ternary", "quant.algorithm=lsq", "method.cbp.epochs=1"),
+              tmp_path / "lsq")
+    assert lsq["levels_ok"] and lsq["epochs_cbp"] == 1 and lsq["fp32_acc"] == ptq["fp32_acc"]
+    assert lsq["scale"] == "learned step (lsq)"
+    lsq_state = torch.load(tmp_path / "lsq" / "quantized.pt")
+    for layer in ptq["quantized_layers"]:  # its own step size, not the frozen mean|W|
+        lsq_levels, ptq_levels = lsq_state[f"{layer}.weight"].unique(), state[f"{layer}.weight"].unique()
+        assert len(lsq_levels) <= 3 and float(lsq_levels.max()) != pytest.approx(float(ptq_levels.max()))
+
+
 def test_pure_bf16_run_completes_both_stages(tiny_cfg, tmp_path):
     """trainer.precision=bf16-true on the CPU: float32 multipliers, bf16 weights (issue: a bf16
     constraint assigned to a float32 multiplier's grad used to crash)."""
@@ -131,7 +157,8 @@ def test_nan_loss_stops_the_run_naming_stage_and_epoch_without_a_result(tiny_cfg
 def test_unknown_level_set_and_algorithm_list_the_valid_choices(tiny_cfg, tmp_path):
     with pytest.raises(ValueError, match="valid choices: binary, ternary"):
         run(tiny_cfg("quant.levels=quaternary"), tmp_path)
-    with pytest.raises(ValueError, match=r"quant.algorithm='magic': valid choices: cbp, ste, none"):
+    with pytest.raises(ValueError, match=r"quant.algorithm='magic': valid choices: "
+                                         r"cbp, ptq, ste, scaled_ste, lsq, none"):
         run(tiny_cfg("quant.algorithm=magic"), tmp_path)
 
 

@@ -29,14 +29,15 @@ import lightning as L
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
-from cbpqsnn.quant.callback import ALGORITHMS, MULTIPLIER_OPTIMIZERS, NO_QUANT, CBPCallback
-from cbpqsnn.quant.levels import level_factors
+from cbpqsnn.quant.baselines import ALGORITHMS, check_algorithm
+from cbpqsnn.quant.callback import MULTIPLIER_OPTIMIZERS, NO_QUANT, QUANT_GROUP_ARGS, CBPCallback
+from cbpqsnn.quant.levels import SCALES, level_factors
 
 TOP_KEYS = ("seed", "T", "pretrained", "resume", "row", "run_name", "paths", "data", "model",
             "method", "quant", "trainer", "logger")
 METHOD_KEYS = ("name", "module", "pretrain", "cbp")
 DATA_KEYS = ("name", "datamodule")
-QUANT_KEYS = ("name", "levels", "algorithm")
+QUANT_KEYS = ("name", "levels", "algorithm", "scale")
 STAGE_KEYS = ("epochs", "batch_size", "optimizer", "scheduler", "gradient_clip_val",
               "gradient_clip_algorithm", "weight_decay_on_bias")
 CBP_STAGE_KEYS = (*STAGE_KEYS, "callback")
@@ -208,10 +209,17 @@ def _check_quant(problems: list[str], quant: Mapping[str, Any]) -> bool:
     if algorithm not in ALGORITHMS:
         problems.append(f"quant.algorithm={algorithm!r}: valid choices: {', '.join([*ALGORITHMS, NO_QUANT])}"
                         " (or quant=fp32 for no quantization)")
+    _choice(problems, "quant.scale", quant.get("scale"), SCALES)
     try:
-        level_factors(quant.get("levels"))
+        factors = level_factors(quant.get("levels"))
     except ValueError as err:
         problems.append(f"quant.levels: {err} (or pick a conf/quant option, e.g. quant=ternary)")
+        return True
+    if algorithm in ALGORITHMS:
+        try:
+            check_algorithm(algorithm, factors)
+        except ValueError as err:
+            problems.append(str(err))
     return True
 
 
@@ -237,7 +245,7 @@ def _check_stage(problems: list[str], where: str, stage: Any, valid: Iterable[st
 def _check_cbp_callback(problems: list[str], options: Mapping[str, Any]) -> None:
     names, _ = _parameters(CBPCallback)
     _keys(problems, "method.cbp.callback", options,
-          [n for n in names if n not in ("levels", "algorithm")])
+          [n for n in names if n not in QUANT_GROUP_ARGS])
     where = "method.cbp.callback"
     if "p_max" in options:
         _positive(problems, f"{where}.p_max", options["p_max"], 1, integer=True, strict=False)

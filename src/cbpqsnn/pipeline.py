@@ -1,5 +1,9 @@
 """One run: pretrain (or load) -> FP32 eval -> CBP stage -> bake -> quantized eval -> summary.
 
+``quant.algorithm=ptq`` has no second stage: the pretrained weights are rounded onto their levels.
+``latent_acc`` in the summary is the accuracy of the latent FP32 weights at the end of the stage
+(before the bake), ``quant_acc`` that of the baked weights on their levels.
+
 Artifacts in the run folder: ``checkpoints/fp32.ckpt``, ``checkpoints/cbp.ckpt`` (with the CBP
 callback state), ``quantized.pt`` (plain baked ``state_dict``), ``quantized_packed.pt`` (packed
 level codes + scales), ``summary.json`` (written last, atomically: a run that fails leaves none).
@@ -65,7 +69,8 @@ def _fit_stage(cfg: DictConfig, run_dir: Path, stage: str, module: L.LightningMo
 
 def make_cbp_callback(cfg: DictConfig) -> CBPCallback:
     options = OmegaConf.to_container(cfg.method.cbp.callback, resolve=True)
-    return CBPCallback(levels=cfg.quant.levels, algorithm=cfg.quant.algorithm, **options)
+    return CBPCallback(levels=cfg.quant.levels, algorithm=cfg.quant.algorithm,
+                       scale=cfg.quant.get("scale"), **options)
 
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -102,15 +107,23 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         **method_summary,
     }
     if not quantize:
-        summary.update(quant_acc=fp32_acc, acc_delta=0.0, cfs_final=0.0, levels_ok=True,
+        summary.update(quant_acc=fp32_acc, acc_delta=0.0, latent_acc=fp32_acc, scale=None,
+                       cfs_final=0.0, levels_ok=True,
                        bits_per_weight=32, weight_memory_bytes=fp32_bytes,
                        fp32_weight_memory_bytes=fp32_bytes, memory_ratio=1.0, g_final=None,
                        epochs_cbp=0, quantized_layers=[])
     else:
-        # -- stage 2: CBP (or STE) fine-tuning, bake at the end
+        # -- stage 2: CBP (or a baseline's) fine-tuning, bake at the end; ptq: bake only
         cbp = make_cbp_callback(cfg)
-        _fit_stage(cfg, run_dir, "cbp", module, datamodule, cfg.method.cbp, [cbp], "cbp",
-                   ckpt_path=cfg.get("resume"))
+        fine_tune = cfg.quant.algorithm != "ptq"
+        if fine_tune:
+            _fit_stage(cfg, run_dir, "cbp", module, datamodule, cfg.method.cbp, [cbp], "cbp",
+                       ckpt_path=cfg.get("resume"))
+            with cbp.latent_weights():
+                latent_acc = evaluate(cfg, run_dir, module, datamodule)
+        else:
+            cbp.quantize_post_training(module)
+            latent_acc = fp32_acc  # ptq's latent weights are the pretrained ones
         cbp_result = cbp.result()  # baked
         quant_acc = evaluate(cfg, run_dir, module, datamodule)
         memory = weight_memory(module, cbp_result.layer_names, cbp_result.bits)
@@ -120,12 +133,13 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         _write_rank_zero(lambda path: torch.save(packed, path), run_dir / "quantized_packed.pt")
         parameters = {n for n, _ in module.named_parameters()}
         summary.update(
-            quant_acc=quant_acc, acc_delta=quant_acc - fp32_acc, cfs_final=cbp_result.cfs,
+            quant_acc=quant_acc, acc_delta=quant_acc - fp32_acc, latent_acc=latent_acc,
+            scale=cbp.scale_rule, cfs_final=cbp_result.cfs,
             cfs_start=cbp_result.cfs_start,
             levels_ok=cbp_result.levels_ok, bits_per_weight=cbp_result.bits,
             weight_memory_bytes=memory.bytes, fp32_weight_memory_bytes=memory.fp32_bytes,
             memory_ratio=memory.ratio, packed_payload_bytes=packed_payload_bytes(packed, parameters),
-            g_final=cbp_result.g_final, epochs_cbp=int(cfg.method.cbp.epochs),
+            g_final=cbp_result.g_final, epochs_cbp=int(cfg.method.cbp.epochs) if fine_tune else 0,
             quantized_layers=cbp_result.layer_names,
             cbp_checkpoint=str(run_dir / "checkpoints" / "cbp.ckpt"), history=cbp_result.history,
         )

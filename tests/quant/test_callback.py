@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cbpqsnn.data.sampling import EpochShuffleSampler
 from cbpqsnn.quant.callback import CBPCallback
+from cbpqsnn.quant.levels import layer_scale, level_factors
 from cbpqsnn.quant.quantizer import constraint
 
 
@@ -153,7 +154,8 @@ def test_ste_algorithm_has_no_constraint_and_no_multipliers():
 def test_training_clamps_latents_and_bake_gives_exactly_a_times_factors(tmp_path):
     module = pretrained()
     module.lr = 2.0  # large steps push latents against the clamp
-    scales = {n: module.net[i].weight.abs().mean() for n, i in (("net.2", 2), ("net.4", 4))}
+    shift2 = level_factors("shift2")  # frozen by shift2's default rule, the MSE clip
+    scales = {n: layer_scale(module.net[i].weight, shift2, "mse") for n, i in (("net.2", 2), ("net.4", 4))}
     cbp = CBPCallback(levels="shift2", p_max=1, latent_clamp=0.3, multiplier_lr=0.05,
                       bake_at_end=False)
     fit(module, [cbp], 3, tmp_path)

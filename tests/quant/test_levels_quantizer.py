@@ -1,7 +1,14 @@
 import pytest
 import torch
 
-from cbpqsnn.quant.levels import bits_per_weight, layer_levels, level_factors
+from cbpqsnn.quant.levels import (
+    MSE_GRID,
+    bits_per_weight,
+    default_scale,
+    layer_levels,
+    layer_scale,
+    level_factors,
+)
 from cbpqsnn.quant.quantizer import LevelQuantizer, level_index, medians, quantize
 
 EXPECTED = {
@@ -29,9 +36,45 @@ def test_unknown_level_set_lists_the_valid_ones():
         level_factors("int1")
 
 
-def test_scale_is_mean_abs_of_the_weights():
+def test_scale_rules_by_hand():
     w = torch.tensor([[-2.0, 1.0], [0.5, 0.5]])
-    assert layer_levels(w, level_factors("ternary")).tolist() == [-1.0, 0.0, 1.0]
+    assert layer_levels(w, level_factors("ternary")).tolist() == [-1.0, 0.0, 1.0]  # mean_abs
+    assert layer_levels(w, level_factors("ternary"), "max_abs").tolist() == [-2.0, 0.0, 2.0]
+    # ternary {-a, 0, a} on w = [-1, -0.5, 0.1, 0.5, 1]: 0.1 rounds to 0 for a > 0.2, the others
+    # to +-a for a <= 1, so the error is 2 (0.5 - a)^2 + 2 (1 - a)^2 + 0.01: least at a = 0.75
+    w = torch.tensor([-1.0, -0.5, 0.1, 0.5, 1.0], dtype=torch.float64)
+    assert float(layer_scale(w, level_factors("ternary"), "mse")) == pytest.approx(0.75)
+
+
+def test_binary_mean_abs_is_its_least_squares_scale_and_mse_finds_it():
+    w = torch.randn(4000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def error(a):
+        return float((w - a * torch.sign(w)).square().sum())
+
+    a = float(layer_scale(w, (-1.0, 1.0), "mean_abs"))
+    assert error(a) < min(error(a * 0.99), error(a * 1.01))
+    step = float(w.abs().max()) / MSE_GRID  # the mse rule's grid spacing
+    assert float(layer_scale(w, (-1.0, 1.0), "mse")) == pytest.approx(a, abs=step)
+
+
+@pytest.mark.parametrize("name", ["ternary", "shift2", "int4", "int8"])
+def test_mse_scale_rounds_with_less_error_than_the_other_rules(name):
+    w = torch.randn(64, 32, generator=torch.Generator().manual_seed(1))
+    factors = level_factors(name)
+
+    def error(rule):
+        return float((w - quantize(w, layer_levels(w, factors, rule))).square().sum())
+
+    assert error("mse") <= min(error("mean_abs"), error("max_abs"))
+    assert error("mse") < 0.8 * error("mean_abs")  # mean|W| clips the multi-level sets
+
+
+def test_default_scale_rule_per_level_set_and_unknown_rule():
+    assert [default_scale(level_factors(n)) for n in ("binary", "ternary", "shift2", "int4")] == [
+        "mean_abs", "mean_abs", "mse", "mse"]
+    with pytest.raises(ValueError, match="valid choices: mean_abs, max_abs, mse"):
+        layer_scale(torch.ones(3), (-1.0, 1.0), "mean")
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))

@@ -30,14 +30,19 @@ Resume: a checkpoint restores the multipliers, their optimizer's moments, the wi
 L_prev) and the history; the settings (``p_max``, ``lr_drop_at_g``, multiplier lr and weight
 decay) are the ones given now, and a change from the checkpoint's is logged as a warning.
 
-``algorithm="ste"`` keeps the quantized forward, clamp and bake but drops the constraint and the
-multipliers: plain straight-through fine-tuning, the baseline CBP must beat.
+``scale`` is the frozen-scale rule of the levels ``a_l * F`` (``cbpqsnn.quant.levels``: the
+paper's ``mean_abs`` for binary / ternary, ``mse`` for the multi-level sets by default).
+
+``algorithm`` other than ``cbp`` (``cbpqsnn.quant.baselines``): ``ste``, ``scaled_ste`` and ``lsq``
+keep the quantized forward (their own parametrization), clamp and bake but drop the constraint and
+the multipliers; ``ptq`` only attaches and bakes (the pipeline runs no fine-tuning for it).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,12 +52,13 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from cbpqsnn.quant.levels import bits_per_weight, layer_levels, level_factors
-from cbpqsnn.quant.quantizer import LevelQuantizer, constraint, constraint_failure, quantize
+from cbpqsnn.quant.baselines import check_algorithm, make_quantizer
+from cbpqsnn.quant.levels import bits_per_weight, check_scale, default_scale, level_factors
+from cbpqsnn.quant.quantizer import constraint, constraint_failure, quantize
 from cbpqsnn.quant.schedule import WindowSchedule
 from cbpqsnn.quant.selection import select_layers
 
-ALGORITHMS = ("cbp", "ste")
+QUANT_GROUP_ARGS = ("levels", "algorithm", "scale")  # given by conf/quant, not by conf/cbp
 NO_QUANT = "none"  # quant.algorithm of an FP32-only run (quant=fp32): no CBP / STE stage
 MULTIPLIER_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
@@ -81,6 +87,7 @@ class CBPCallback(L.Callback):
         self,
         levels: str | Sequence[float] = "binary",
         algorithm: str = "cbp",
+        scale: str | None = None,
         multiplier_optimizer: str = "adam",
         multiplier_lr: float = 1e-4,
         multiplier_weight_decay: float = 0.0,
@@ -94,12 +101,12 @@ class CBPCallback(L.Callback):
         train_only_quantized: bool = False,
         bake_at_end: bool = True,
     ) -> None:
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown quant.algorithm {algorithm!r}; valid choices: {list(ALGORITHMS)}")
         if multiplier_optimizer not in MULTIPLIER_OPTIMIZERS:
             raise ValueError(f"unknown multiplier optimizer {multiplier_optimizer!r}; "
                              f"valid choices: {sorted(MULTIPLIER_OPTIMIZERS)}")
         self.factors = level_factors(levels)
+        check_algorithm(algorithm, self.factors)
+        self.scale = check_scale(scale or default_scale(self.factors))
         self.level_set = levels if isinstance(levels, str) else list(self.factors)
         self.bits = bits_per_weight(self.factors)
         self.algorithm = algorithm
@@ -125,9 +132,16 @@ class CBPCallback(L.Callback):
                                                 "task_loss": []}
         self._pending: dict[str, Any] | None = None
         self._levels_table: dict[str, Tensor] = {}
+        self._latents: dict[str, Tensor] = {}  # kept by the bake (latent_weights)
         self._task_sum: Tensor | None = None
         self._constraint_sum: Tensor | None = None
         self._steps = 0
+
+    @property
+    def scale_rule(self) -> str:
+        """How the levels' scale is set: the frozen rule, or the baseline's own."""
+        return {"lsq": "learned step (lsq)", "scaled_ste": "recomputed every step (scaled_ste)"}.get(
+            self.algorithm, self.scale)
 
     @property
     def uses_constraint(self) -> bool:
@@ -147,14 +161,14 @@ class CBPCallback(L.Callback):
         modules = dict(module.named_modules())
         for name in names:
             layer = modules[name]
-            levels = layer_levels(layer.weight, self.factors)
-            parametrize.register_parametrization(layer, "weight", LevelQuantizer(levels))
+            quantizer = make_quantizer(self.algorithm, layer.weight, self.factors, self.scale)
+            parametrize.register_parametrization(layer, "weight", quantizer)
             self.modules[name] = layer
         self.layer_names = names
-        if self.train_only_quantized:
-            latents = {id(self.latent(n)) for n in names}
+        if self.train_only_quantized:  # the latents and the quantizers' own (LSQ step sizes)
+            trained = {id(p) for n in names for p in self.modules[n].parametrizations.parameters()}
             for p in module.parameters():
-                if id(p) not in latents:
+                if id(p) not in trained:
                     p.requires_grad_(False)
         if self.uses_constraint:
             self.multipliers = {n: torch.zeros_like(self.latent(n), dtype=torch.float32,
@@ -170,17 +184,52 @@ class CBPCallback(L.Callback):
             kwargs["weight_decay"] = 0.0
         self.multiplier_opt = cls(list(self.multipliers.values()), **kwargs)
 
+    def quantize_post_training(self, module: nn.Module) -> None:
+        """``ptq``: attach to the pretrained ``module`` with no fine-tuning (bake it afterwards)."""
+        self.attach(module)
+        self.cfs_start = self.cfs()
+
+    @contextmanager
+    def latent_weights(self) -> Iterator[None]:
+        """Inside: the quantized layers compute with their latent FP32 weights, not on their levels
+        -- the pre-bake network, to measure what rounding onto the levels costs (before the bake:
+        the quantizers replaced by the identity; after it: the latents kept by :meth:`bake` swapped
+        in). The module is as before on exit."""
+        if self.baked:
+            weights = {n: self.modules[n].weight for n in self.layer_names}
+            saved = {n: w.detach().clone() for n, w in weights.items()}
+            try:
+                with torch.no_grad():
+                    for name, w in weights.items():
+                        w.copy_(self._latents[name])
+                yield
+            finally:
+                with torch.no_grad():
+                    for name, w in weights.items():
+                        w.copy_(saved[name])
+            return
+        quantizers = {n: self.modules[n].parametrizations.weight[0] for n in self.layer_names}
+        try:
+            for name in self.layer_names:
+                self.modules[name].parametrizations.weight[0] = nn.Identity()
+            yield
+        finally:
+            for name, quantizer in quantizers.items():
+                self.modules[name].parametrizations.weight[0] = quantizer
+
     def latent(self, name: str) -> nn.Parameter:
         return self.modules[name].parametrizations.weight.original
 
     def levels(self, name: str) -> Tensor:
-        return self.modules[name].parametrizations.weight[0].levels
+        """The levels layer ``name`` computes with now (frozen ``a_l * F`` for cbp / ptq / ste)."""
+        return self.modules[name].parametrizations.weight[0].current_levels(self.latent(name))
 
     def bake(self) -> None:
         """Replace every latent weight by its level value and drop the parametrizations."""
         if self.baked:
             return
         self._levels_table = {n: self.levels(n).detach().clone() for n in self.layer_names}
+        self._latents = {n: self.latent(n).detach().clone() for n in self.layer_names}
         for name in self.layer_names:
             parametrize.remove_parametrizations(self.modules[name], "weight", leave_parametrized=True)
         self.baked = True
@@ -338,6 +387,7 @@ class CBPCallback(L.Callback):
         return {
             "level_set": self.level_set,
             "algorithm": self.algorithm,
+            "scale": self.scale,
             "layers": list(self.layer_names),
             "scales": {n: float(lv[-1]) for n, lv in self.baked_levels().items()},
             "multipliers": {n: lam.detach().cpu().clone() for n, lam in self.multipliers.items()},
@@ -352,8 +402,8 @@ class CBPCallback(L.Callback):
         mismatch = [
             f"{key}: checkpoint has {state_dict[key]!r}, this run has {mine!r}"
             for key, mine in (("level_set", self.level_set), ("algorithm", self.algorithm),
-                              ("layers", self.layer_names or state_dict["layers"]))
-            if state_dict[key] != mine
+                              ("scale", self.scale), ("layers", self.layer_names or state_dict["layers"]))
+            if state_dict.get(key, mine) != mine
         ]
         if mismatch:
             raise ValueError("cannot resume the CBP stage from this checkpoint: " + "; ".join(mismatch))

@@ -111,6 +111,10 @@ class LevelQuantizer(nn.Module):
         super().__init__()
         self.register_buffer("levels", levels.detach().clone())
 
+    def current_levels(self, w: Tensor) -> Tensor:
+        """The levels ``w`` is quantized to (frozen: the same for any ``w``)."""
+        return self.levels
+
     def forward(self, w: Tensor) -> Tensor:
         return _StraightThrough.apply(w, self.levels)
 
