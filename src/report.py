@@ -3,8 +3,10 @@
     python src/report.py logs/multirun/<date>/<time> [--out DIR] [--no-plots]
 
 Writes ``report.md``, ``report.csv`` (row, quant, algorithm, seeds, FP32 / quantized accuracy,
-delta, memory ratio; mean and std over seeds), ``accuracy.png``, ``cbp_curves.png`` and one
-``weights_<run>.png`` per quantized run into the sweep folder (or ``--out``).
+delta, pre-bake (latent-weight) accuracy, bake cost, memory ratio; mean and std over seeds; where
+several algorithms ran on one row and level set, a side-by-side table of them), ``accuracy.png``,
+``cbp_curves.png``, ``cfs_by_algorithm.png`` (several algorithms) and one ``weights_<run>.png`` per
+quantized run into the sweep folder (or ``--out``).
 """
 
 from __future__ import annotations

@@ -18,25 +18,56 @@ def run_tags(cfg: DictConfig) -> list[str]:
             f"quant:{cfg.quant.name}", f"algorithm:{cfg.quant.algorithm}"]
 
 
+def _wandb_mode(cfg: DictConfig) -> str | None:
+    """The W&B mode of this run (``WANDB_MODE`` wins over the config), None when W&B is off."""
+    if not cfg.logger.wandb.enabled:
+        return None
+    mode = os.environ.get("WANDB_MODE", cfg.logger.wandb.mode)
+    if mode not in WANDB_MODES:
+        raise ValueError(f"unknown W&B mode {mode!r}; valid choices: {list(WANDB_MODES)}")
+    return None if mode == "disabled" else mode
+
+
+def _wandb_run_args(cfg: DictConfig, job: str) -> dict[str, Any]:
+    """What every W&B run of this experiment shares (one run per stage, one for the result)."""
+    wandb_cfg = cfg.logger.wandb
+    return {"project": wandb_cfg.project, "entity": wandb_cfg.entity, "name": f"{cfg.run_name}-{job}",
+            "group": wandb_cfg.group or cfg.row, "job_type": job, "tags": run_tags(cfg),
+            "config": flat_config(cfg), "settings": _wandb_settings()}
+
+
 def make_loggers(cfg: DictConfig, run_dir: Path, stage: str) -> list[Logger]:
     loggers: list[Logger] = []
     if cfg.logger.csv:
         loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=stage))
-    wandb_cfg = cfg.logger.wandb
-    if wandb_cfg.enabled:
-        mode = os.environ.get("WANDB_MODE", wandb_cfg.mode)
-        if mode not in WANDB_MODES:
-            raise ValueError(f"unknown W&B mode {mode!r}; valid choices: {list(WANDB_MODES)}")
-        if mode != "disabled":
-            from lightning.pytorch.loggers import WandbLogger
+    mode = _wandb_mode(cfg)
+    if mode is not None:
+        from lightning.pytorch.loggers import WandbLogger
 
-            loggers.append(WandbLogger(
-                project=wandb_cfg.project, entity=wandb_cfg.entity, mode=mode,
-                name=f"{cfg.run_name}-{stage}", group=wandb_cfg.group or cfg.row,
-                job_type=stage, tags=run_tags(cfg), save_dir=str(run_dir),
-                config=flat_config(cfg), settings=_wandb_settings(),
-            ))
+        loggers.append(WandbLogger(mode=mode, save_dir=str(run_dir),
+                                   **_wandb_run_args(cfg, stage)))
     return loggers
+
+
+def log_result(cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> None:
+    """The run's final numbers (every scalar of ``summary.json``: accuracies, delta, latent
+    accuracy, memory ratio, bits, CFS, ...) as the summary of one W&B run (job type ``result``),
+    with the row, level set, algorithm and seed as top-level config keys, so that a W&B table or
+    parallel-coordinates view of a sweep compares what ``src/report.py`` compares."""
+    mode = _wandb_mode(cfg)
+    if mode is None:
+        return
+    import wandb
+
+    args = _wandb_run_args(cfg, "result")
+    args["config"] = {**args["config"], "row": cfg.row, "level_set": cfg.quant.name,
+                      "algorithm": cfg.quant.algorithm, "seed": int(cfg.seed)}
+    run = wandb.init(mode=mode, dir=str(run_dir), **args)
+    try:
+        run.summary.update({k: v for k, v in summary.items()
+                            if isinstance(v, (int, float, str, bool)) or v is None})
+    finally:
+        run.finish()
 
 
 def finish_loggers(loggers: list[Logger]) -> None:

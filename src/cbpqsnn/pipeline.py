@@ -34,7 +34,7 @@ from cbpqsnn.builders import build_datamodule, build_module, evaluate, make_trai
 from cbpqsnn.checkpoints import load_pretrained
 from cbpqsnn.config_check import check_config
 from cbpqsnn.guards import FiniteLossGuard
-from cbpqsnn.loggers import finish_loggers, make_loggers
+from cbpqsnn.loggers import finish_loggers, log_result, make_loggers
 from cbpqsnn.quant.callback import NO_QUANT, CBPCallback
 from cbpqsnn.quant.export import pack_state_dict, packed_payload_bytes
 from cbpqsnn.quant.memory import weight_memory
@@ -146,6 +146,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     summary["wall_time_s"] = time.time() - start
     text = json.dumps(summary, indent=2)
     _write_rank_zero(lambda path: path.write_text(text), run_dir / "summary.json")
+    if rank_zero_only.rank == 0:
+        log_result(cfg, run_dir, summary)
     return summary
 
 

@@ -12,6 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from cbpqsnn.quant.baselines import ALGORITHMS
+
 
 def print_summary(summary: dict[str, Any], run_dir: str | Path, console: Console | None = None) -> None:
     """Print the short results table of one run."""
@@ -23,6 +25,8 @@ def print_summary(summary: dict[str, Any], run_dir: str | Path, console: Console
         ("FP32 test accuracy", f"{summary['fp32_acc']:.2f} %"),
         ("quantized test accuracy", f"{summary['quant_acc']:.2f} %"),
         ("difference", f"{summary['acc_delta']:+.2f} points"),
+        ("latent weights before the bake", f"{summary['latent_acc']:.2f} %"
+         if summary.get("latent_acc") is not None else "--"),
         ("levels ok / final CFS", f"{summary['levels_ok']} / {summary['cfs_final']:.3g}"),
         ("bits per quantized weight", str(summary["bits_per_weight"])),
         ("weight memory", f"{summary['weight_memory_bytes']:,} B of "
@@ -41,7 +45,9 @@ def print_summary(summary: dict[str, Any], run_dir: str | Path, console: Console
 
 # --------------------------------------------------------------------------- sweeps
 
-COLUMNS = ("row", "quant", "algorithm", "seeds", "fp32_acc", "quant_acc", "acc_delta", "memory_ratio")
+COLUMNS = ("row", "quant", "algorithm", "seeds", "fp32_acc", "quant_acc", "acc_delta", "latent_acc",
+           "bake_cost", "memory_ratio")
+NUMBERS = ("fp32_acc", "quant_acc", "acc_delta", "latent_acc", "bake_cost", "memory_ratio")
 
 
 def load_summaries(sweep_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -69,31 +75,74 @@ def aggregate(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for (row, quant, algorithm), runs in sorted(groups.items()):
         entry: dict[str, Any] = {"row": row, "quant": quant, "algorithm": algorithm,
                                  "seeds": len(runs)}
-        for key in ("fp32_acc", "quant_acc", "acc_delta", "memory_ratio"):
-            entry[key], entry[f"{key}_std"] = _mean_std([float(r[key]) for r in runs])
+        for key in NUMBERS:
+            values = [_number(r, key) for r in runs]
+            known = [v for v in values if v is not None]
+            entry[key], entry[f"{key}_std"] = _mean_std(known) if len(known) == len(values) else (None, None)
         table.append(entry)
     return table
 
 
+def _number(summary: dict[str, Any], key: str) -> float | None:
+    """``key`` of one run; ``bake_cost`` = quantized - latent (pre-bake) accuracy. None where an
+    older summary lacks it."""
+    if key == "bake_cost":
+        latent = summary.get("latent_acc")
+        return None if latent is None else float(summary["quant_acc"]) - float(latent)
+    value = summary.get(key)
+    return None if value is None else float(value)
+
+
 def _fmt(entry: dict[str, Any], key: str) -> str:
+    if entry[key] is None:
+        return "--"
     if key == "memory_ratio":
         return f"{100 * entry[key]:.2f} %"
-    value = f"{entry[key]:+.2f}" if key == "acc_delta" else f"{entry[key]:.2f}"
+    value = f"{entry[key]:+.2f}" if key in ("acc_delta", "bake_cost") else f"{entry[key]:.2f}"
     return value + (f" ± {entry[f'{key}_std']:.2f}" if entry["seeds"] > 1 else "")
+
+
+def side_by_side(table: list[dict[str, Any]]) -> list[str]:
+    """Markdown: one line per (row, level set), one column per algorithm: quantized accuracy
+    (mean ± std over seeds) and its delta to FP32; the best mean in bold. Empty when no
+    (row, level set) has two algorithms."""
+    algorithms = [a for a in ALGORITHMS if any(e["algorithm"] == a for e in table)]
+    groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
+    for e in table:
+        if e["algorithm"] in algorithms:
+            groups[(e["row"], e["quant"])][e["algorithm"]] = e
+    if not any(len(g) > 1 for g in groups.values()):
+        return []
+    lines = ["| row | quant | " + " | ".join(algorithms) + " |", "|" + "---|" * (2 + len(algorithms))]
+    for (row, quant), by_algorithm in sorted(groups.items()):
+        best = max(e["quant_acc"] for e in by_algorithm.values())
+        cells = []
+        for algorithm in algorithms:
+            e = by_algorithm.get(algorithm)
+            if e is None:
+                cells.append("--")
+                continue
+            text = f"{_fmt(e, 'quant_acc')} ({_fmt(e, 'acc_delta')})"
+            cells.append(f"**{text}**" if e["quant_acc"] == best else text)
+        lines.append(f"| {row} | {quant} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_tables(table: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
     md = out_dir / "report.md"
     header = ("| row | quant | algorithm | seeds | FP32 acc (%) | quantized acc (%) | delta (points) "
-              "| memory |")
-    lines = [header, "|" + "---|" * 8]
+              "| pre-bake (latent) acc (%) | bake cost (points) | memory |")
+    lines = [header, "|" + "---|" * 10]
     for e in table:
         lines.append(f"| {e['row']} | {e['quant']} | {e['algorithm']} | {e['seeds']} | "
-                     f"{_fmt(e, 'fp32_acc')} | {_fmt(e, 'quant_acc')} | {_fmt(e, 'acc_delta')} | "
-                     f"{_fmt(e, 'memory_ratio')} |")
+                     + " | ".join(_fmt(e, key) for key in NUMBERS) + " |")
+    comparison = side_by_side(table)
+    if comparison:
+        lines += ["", "Algorithms side by side: quantized accuracy (%) over seeds (delta to FP32, "
+                  "points); the best mean in bold.", "", *comparison]
     md.write_text("\n".join(lines) + "\n")
     path = out_dir / "report.csv"
-    fields = [*COLUMNS, "fp32_acc_std", "quant_acc_std", "acc_delta_std", "memory_ratio_std"]
+    fields = [*COLUMNS, *(f"{key}_std" for key in NUMBERS)]
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -157,6 +206,8 @@ def write_plots(runs: list[tuple[Path, dict[str, Any]]], table: list[dict[str, A
         written.append(out_dir / "cbp_curves.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
+    if len({s["algorithm"] for _, s in curves}) > 1:
+        written.append(_cfs_by_algorithm(curves, out_dir))
     # weight histograms of the quantized layers: pretrained vs latent at the end of CBP
     for run_dir, s in curves:
         before = Path(s.get("fp32_checkpoint", ""))
@@ -177,6 +228,31 @@ def write_plots(runs: list[tuple[Path, dict[str, Any]]], table: list[dict[str, A
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
     return written
+
+
+def _cfs_by_algorithm(curves: list[tuple[Path, dict[str, Any]]], out_dir: Path) -> Path:
+    """One panel per (row, level set), one line per algorithm: the CFS of the latent weights per
+    epoch (mean over seeds) -- how far each algorithm's latents are from the levels."""
+    import matplotlib.pyplot as plt
+
+    by_panel: dict[tuple[str, str], dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
+    for _, s in curves:
+        row = s.get("row") or f"{s['method']}_{s['data']}"
+        by_panel[(row, s["quant"])][s["algorithm"]].append(s["history"]["cfs"])
+    panels = sorted(by_panel)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, panel in zip(axes[0], panels, strict=True):
+        for algorithm, histories in sorted(by_panel[panel].items()):
+            length = min(len(h) for h in histories)
+            mean = [statistics.fmean(h[i] for h in histories) for i in range(length)]
+            ax.plot(range(1, length + 1), mean, marker="o", markersize=3, label=algorithm)
+        ax.set(xlabel="fine-tuning epoch", ylabel="CFS (mean over seeds)", title=" / ".join(panel))
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "cfs_by_algorithm.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def report_sweep(sweep_dir: str | Path, out_dir: str | Path | None = None,

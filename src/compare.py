@@ -1,0 +1,59 @@
+"""Compare quantization algorithms from one FP32 network per seed (protocol: cbpqsnn/comparison.py):
+
+    python src/compare.py [hydra overrides, e.g. experiment=sg_nmnist] --out logs/compare/<name>
+        [--seeds 1,2,3] [--levels binary,ternary] [--algorithms ptq,ste,scaled_ste,lsq,cbp]
+    python src/report.py logs/compare/<name>      # the table, the side-by-side table, the plots
+
+Runs, per seed, ``quant=fp32`` and then every (level set, algorithm) pair from its checkpoint, each
+as a ``src/train.py`` process; finished jobs are kept when the command runs again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("CBPQSNN_ROOT", str(ROOT))
+sys.path.insert(0, str(ROOT / "src"))
+
+
+def _list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from cbpqsnn.comparison import check_jobs, plan, run_jobs
+    from cbpqsnn.config_check import ConfigError
+
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides shared by every job")
+    parser.add_argument("--out", type=Path, required=True, help="the comparison folder")
+    parser.add_argument("--seeds", default="1,2,3")
+    parser.add_argument("--levels", default="binary,ternary")
+    parser.add_argument("--algorithms", default="ptq,ste,scaled_ste,lsq,cbp")
+    args = parser.parse_args(argv)
+    try:
+        seeds = [int(s) for s in _list(args.seeds)]
+        jobs, skipped = plan(args.overrides, seeds, _list(args.levels), _list(args.algorithms),
+                             args.out.resolve())
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            check_jobs(jobs, lambda overrides: compose("train", overrides=overrides))
+    except (ValueError, ConfigError, HydraException) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for line in skipped:
+        print(f"skipped {line}")
+    run_jobs(jobs, ROOT / "src" / "train.py")
+    print(f"{len(jobs)} jobs in {args.out}; report: python src/report.py {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
