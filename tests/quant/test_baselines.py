@@ -24,10 +24,12 @@ def test_scaled_ste_binary_is_mean_abs_times_sign_of_the_current_weights():
 
 
 def test_scaled_ste_ternary_is_twn():
-    # mean|w| = 3.65 / 6, threshold 0.7 of it = 0.4258; above it: 1.0 and -2.0, scale 1.5
-    w = torch.tensor([0.1, -0.2, 1.0, -2.0, 0.05, 0.3])
-    assert ScaledQuantizer(level_factors("ternary"))(w).tolist() == [0, 0, 1.5, -1.5, 0, 0]
-    assert ScaledQuantizer(level_factors("ternary")).current_levels(w).tolist() == [-1.5, 0, 1.5]
+    # mean|w| = 4.2 / 7 = 0.6, threshold 0.7 of it = 0.42 (0.6 of it would take 0.4 in, 0.8 would
+    # leave -0.45 out); above it: 1.0, -2.0, -0.45, scale 3.45 / 3 = 1.15
+    w = torch.tensor([0.1, -0.2, 1.0, -2.0, 0.05, 0.4, -0.45])
+    a = 1.15
+    assert ScaledQuantizer(level_factors("ternary"))(w).tolist() == pytest.approx([0, 0, a, -a, 0, 0, -a])
+    assert ScaledQuantizer(level_factors("ternary")).current_levels(w).tolist() == pytest.approx([-a, 0, a])
 
 
 def test_lsq_forward_and_gradients_are_esser_et_al():
