@@ -119,3 +119,18 @@ def test_cli(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
     assert cli.main([str(tmp_path)]) == 1
     assert "not a run folder of src/train.py" in capsys.readouterr().err
+
+
+def test_export_cli_writes_the_deployment_files_and_checks_them(run_dir: Path) -> None:
+    spec = importlib.util.spec_from_file_location("cbpqsnn_export_cli", ROOT / "src" / "export.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    for name in ("model.nir", "model_int.npz"):
+        (run_dir / name).unlink()  # the run wrote them; the CLI writes them again
+    assert cli.main([str(run_dir), "--check", "40"]) == 0
+    assert (run_dir / "model.nir").is_file() and (run_dir / "model_int.npz").is_file()
+    result = json.loads((run_dir / "deploy_check.json").read_text())
+    assert result["samples"] == 40
+    for key in ("snntorch_vs_project", "numpy_integer_vs_project"):
+        assert result[key] == {"same_prediction": 100.0, "same_counts": 100.0}, key
+    assert cli.main([str(run_dir / "nothing")]) == 1

@@ -41,8 +41,10 @@ def test_binary_run_leaves_summary_checkpoints_and_a_baked_state_dict(binary_run
     assert summary["weight_memory_bytes"] == summary["packed_payload_bytes"] or \
         abs(summary["weight_memory_bytes"] - summary["packed_payload_bytes"]) < 3
     assert 0 < summary["memory_ratio"] < 0.1
+    assert summary["deploy"]["nir"] == "model.nir" and summary["deploy"]["integer"] == "model_int.npz"
     for name in ("checkpoints/fp32.ckpt", "checkpoints/cbp.ckpt", "quantized.pt",
-                 "quantized_packed.pt", "csv/pretrain/metrics.csv", "csv/cbp/metrics.csv"):
+                 "quantized_packed.pt", "csv/pretrain/metrics.csv", "csv/cbp/metrics.csv",
+                 "model.nir", "model_int.npz"):
         assert (run_dir / name).is_file(), name
     state = torch.load(run_dir / "quantized.pt")  # plain state_dict, torch.load alone
     for layer in summary["quantized_layers"]:

@@ -6,7 +6,9 @@
 
 Artifacts in the run folder: ``checkpoints/fp32.ckpt``, ``checkpoints/cbp.ckpt`` (with the CBP
 callback state), ``quantized.pt`` (plain baked ``state_dict``), ``quantized_packed.pt`` (packed
-level codes + scales), ``summary.json`` (written last, atomically: a run that fails leaves none).
+level codes + scales), ``model.nir`` and ``model_int.npz`` (deployment: ``cbpqsnn.deploy``, where
+the network has a mapping; ``summary["deploy"]`` says what was written), ``summary.json`` (written
+last, atomically: a run that fails leaves none).
 
 Under data parallelism (``trainer.strategy=ddp``) every rank runs this function (Lightning starts
 the other ranks as copies of the command); the stages train together, the test evaluations run on
@@ -33,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from cbpqsnn.builders import build_datamodule, build_module, evaluate, make_trainer
 from cbpqsnn.checkpoints import load_pretrained
 from cbpqsnn.config_check import check_config
+from cbpqsnn.deploy.artifacts import network_levels, write_deployment
 from cbpqsnn.guards import FiniteLossGuard
 from cbpqsnn.loggers import finish_loggers, log_result, make_loggers
 from cbpqsnn.quant.callback import NO_QUANT, CBPCallback
@@ -112,6 +115,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                        bits_per_weight=32, weight_memory_bytes=fp32_bytes,
                        fp32_weight_memory_bytes=fp32_bytes, memory_ratio=1.0, g_final=None,
                        epochs_cbp=0, quantized_layers=[])
+        summary["deploy"] = _write_deployment(cfg, module, None, run_dir)
     else:
         # -- stage 2: CBP (or a baseline's) fine-tuning, bake at the end; ptq: bake only
         cbp = make_cbp_callback(cfg)
@@ -131,6 +135,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         packed = pack_state_dict(state, cbp_result.levels, cbp_result.bits)
         _write_rank_zero(lambda path: torch.save(state, path), run_dir / "quantized.pt")
         _write_rank_zero(lambda path: torch.save(packed, path), run_dir / "quantized_packed.pt")
+        summary["deploy"] = _write_deployment(cfg, module, network_levels(cbp_result.levels), run_dir)
         parameters = {n for n, _ in module.named_parameters()}
         summary.update(
             quant_acc=quant_acc, acc_delta=quant_acc - fp32_acc, latent_acc=latent_acc,
@@ -149,6 +154,14 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if rank_zero_only.rank == 0:
         log_result(cfg, run_dir, summary)
     return summary
+
+
+def _write_deployment(cfg: DictConfig, module: L.LightningModule, levels: dict[str, torch.Tensor] | None,
+                      run_dir: Path) -> dict[str, Any]:
+    """``model.nir`` / ``model_int.npz`` where the network has a mapping (global rank 0 only)."""
+    if rank_zero_only.rank != 0:
+        return {}
+    return write_deployment(module.net, levels, int(getattr(module.net, "T", cfg.T)), run_dir)
 
 
 def _write_rank_zero(write: Callable[[Path], Any], path: Path) -> None:

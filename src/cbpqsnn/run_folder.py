@@ -149,15 +149,23 @@ def evaluate_run(run_dir: str | Path, weights: str = "quantized",
     in ``summary.json``. Raises ``FileNotFoundError`` naming the missing folder/config/weights
     file and ``ValueError`` for an unknown ``weights`` or weights that do not fit the network.
     """
+    cfg, datamodule, module = load_run_module(run_dir, weights)
+    cfg.trainer.enable_progress_bar = bool(progress_bar)
+    if limit_test_batches is not None:
+        cfg.trainer.limit_test_batches = limit_test_batches
+    return evaluate(cfg, Path(run_dir), module, datamodule)
+
+
+def load_run_module(run_dir: str | Path, weights: str = "quantized"
+                    ) -> tuple[DictConfig, L.LightningDataModule, L.LightningModule]:
+    """The run's config (set to one process), datamodule and network with ``weights`` loaded, in
+    eval mode, as the pipeline measured it (see :func:`evaluate_run` for ``weights``)."""
     weights = _check_weights(weights)
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     weights_path(run_dir, weights, cfg)  # fail on a missing file before building anything
-    cfg.trainer.enable_progress_bar = bool(progress_bar)
     # one process, whatever the run trained on (a DDP run's config would start more processes)
     cfg.trainer.devices, cfg.trainer.strategy, cfg.trainer.num_nodes = 1, "auto", 1
-    if limit_test_batches is not None:
-        cfg.trainer.limit_test_batches = limit_test_batches
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
@@ -166,7 +174,7 @@ def evaluate_run(run_dir: str | Path, weights: str = "quantized",
         # as the pipeline does before measuring fp32_acc (calib: ANN -> calibrated SNN)
         module.prepare_stage("cbp", datamodule)
     module.eval()
-    return evaluate(cfg, run_dir, module, datamodule)
+    return cfg, datamodule, module
 
 
 def _check_weights(weights: str) -> str:

@@ -1,0 +1,117 @@
+"""Deployment: the NIR graph read back by an independent simulator (snnTorch), and the NumPy integer
+reference, both against the project's network -- identical output spike counts, on tiny STBP
+networks with weights on binary / ternary levels."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from cbpqsnn.deploy import check, integer, numpy_reference
+from cbpqsnn.deploy.artifacts import INTEGER_FILE, NIR_FILE, write_deployment
+from cbpqsnn.deploy.nir_export import DT, to_nir
+from cbpqsnn.nets.feedforward import build_spiking_net
+from cbpqsnn.neurons import STBPLIF
+
+T = 5
+
+
+def tiny_net(spec, in_shape, levels: str = "binary", seed: int = 0):
+    """An STBP net whose hidden conv / linear layers (all but the first and last) sit on
+    ``a F`` levels (F binary or ternary); returns the net and its quantized layers' levels."""
+    torch.manual_seed(seed)
+    neuron = partial(STBPLIF, v_threshold=0.5, decay=0.25)
+    net = build_spiking_net(spec, in_shape, 3, neuron, T, bias=True).eval()
+    affine = [(f"layers.{i}", m) for i, m in enumerate(net.layers)
+              if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    quantized = {}
+    with torch.no_grad():
+        for layer in [m for _, m in affine]:
+            layer.weight.mul_(3.0)  # enough current for spikes in every layer, biases that do
+            layer.bias.mul_(0.5)    # not decide the output alone
+        for name, layer in affine[1:-1]:
+            w = layer.weight
+            a = w.abs().mean()
+            if levels == "binary":
+                w.copy_(a * torch.where(w >= 0, 1.0, -1.0))
+                quantized[name] = a * torch.tensor([-1.0, 1.0])
+            else:
+                w.copy_(a * torch.sign(w) * (w.abs() > 0.5 * a))
+                quantized[name] = a * torch.tensor([-1.0, 0.0, 1.0])
+    return net, quantized
+
+
+CASES = {
+    "conv_avgpool": (["C4", "P2", "C8", "P2", "FC16"], (1, 8, 8)),
+    "mlp": (["FC12", "FC10"], (6,)),
+}
+
+
+@pytest.mark.parametrize("levels", ["binary", "ternary"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_snntorch_and_the_numpy_integer_reference_give_the_projects_spike_counts(tmp_path, case, levels):
+    spec, in_shape = CASES[case]
+    net, quantized = tiny_net(spec, in_shape, levels)
+    inputs = torch.randn(24, *in_shape, generator=torch.Generator().manual_seed(1))
+    ours = check.project_counts(net, inputs)
+    assert ours.sum() > 0 and len({tuple(row) for row in ours}) > 3  # activity that tells apart
+    info = write_deployment(net, quantized, T, tmp_path)
+    assert info["nir"] == NIR_FILE and info["integer"] == INTEGER_FILE
+    import nir
+
+    graph = nir.read(str(tmp_path / NIR_FILE))
+    assert np.array_equal(check.snntorch_counts(graph, inputs, T), ours)
+    manifest, arrays = numpy_reference.load(str(tmp_path / INTEGER_FILE))
+    assert np.array_equal(check.integer_counts(manifest, arrays, inputs), ours)
+    for name in quantized:  # integer codes, no scale left in the quantized layers
+        codes = arrays[f"{name}.codes"]
+        assert codes.dtype == np.int8 and set(np.unique(codes)) <= {-1, 0, 1}
+
+
+def test_the_nir_graph_round_trips_with_stbps_lif_as_nir_lif():
+    net, _ = tiny_net(*CASES["conv_avgpool"])
+    graph = to_nir(net, T)
+    import nir
+
+    path = "/tmp/cbpqsnn_test_roundtrip.nir"
+    nir.write(path, graph)
+    back = nir.read(path)
+    assert set(back.nodes) == set(graph.nodes) and len(back.edges) == len(graph.edges)
+    lif = back.nodes["layers.1"]
+    assert isinstance(lif, nir.LIF)
+    # v[t] = (1 - dt/tau) v + (dt/tau) r I = 0.25 v + I: STBP's decay and unit input gain
+    assert np.allclose(1 - DT / lif.tau, 0.25) and np.allclose(DT * lif.r / lif.tau, 1.0)
+    assert np.allclose(lif.v_threshold, 0.5) and np.allclose(lif.v_reset, 0.0)
+    conv = back.nodes["layers.0"]
+    assert np.array_equal(conv.weight, net.layers[0].weight.detach().numpy())
+    assert isinstance(back.nodes["layers.2"], nir.AvgPool2d)
+
+
+def test_a_layer_without_a_mapping_or_weights_off_their_levels_are_named():
+    net, quantized = tiny_net(["C4", "M2", "FC8"], (1, 8, 8))
+    with pytest.raises(NotImplementedError, match="MaxPool2d"):
+        to_nir(net, T)
+    net, quantized = tiny_net(*CASES["mlp"])
+    with torch.no_grad():
+        net.layers[2].weight[0, 0] += 0.01
+    with pytest.raises(ValueError, match="bake the model first"):
+        integer.build(net, quantized, T)
+
+
+def test_bit_widths_by_hand():
+    # layers: Linear(6, 12) LIF | Linear(12, 10) LIF (binary: fan-in 12, |code| 1, spike inputs)
+    # | Linear(10, 3) LIF. Accumulator bound 12: ceil(log2 13) + 1 = 5 signed bits.
+    net, quantized = tiny_net(*CASES["mlp"])
+    manifest, arrays = integer.build(net, quantized, T)
+    widths = integer.bit_widths(manifest, arrays)
+    assert list(widths) == ["layers.2"] and widths["layers.2"]["accumulator_bits"] == 5
+    bias = float(np.abs(arrays["layers.3.bias"]).max())
+    expected = int(np.ceil(np.log2((12 + bias) / 0.75 + 1))) + 1
+    assert widths["layers.2"]["membrane_integer_bits"] == expected
+    # after a 2x2 sum pool the inputs are counts up to 4: conv C8 on C4 (fan-in 4*9 = 36) -> 144
+    net, quantized = tiny_net(*CASES["conv_avgpool"])
+    manifest, arrays = integer.build(net, quantized, T)
+    assert integer.bit_widths(manifest, arrays)["layers.3"]["accumulator_bits"] == 9  # log2(145)
