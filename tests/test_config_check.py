@@ -71,6 +71,8 @@ def test_a_typo_in_the_cbp_group_is_named_with_the_valid_settings():
     ("quant.levels=septenary", "unknown level set 'septenary'"),
     ("quant.algorithm=cpb", "quant.algorithm='cpb': valid choices: cbp, ptq, ste, scaled_ste, lsq, none"),
     ("quant.scale=mean", "quant.scale='mean': valid choices: mean_abs, max_abs, mse or null"),
+    ("hardware.energy_pj.fp32_mac=-1", "hardware.energy_pj.fp32_mac=-1: must be a number > 0"),
+    ("~hardware.energy_pj.int_add", "hardware.energy_pj.int_add is missing"),
     ("quant.algorithm=lsq", "quant.algorithm=lsq needs a uniform level set with a zero level"),
     ("quant=shift2 quant.algorithm=scaled_ste", "scaled_ste (BWN / TWN scales) is defined for binary"),
     ("method.pretrain.epochs=-1", "method.pretrain.epochs=-1: must be an integer >= 1"),

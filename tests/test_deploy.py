@@ -115,3 +115,47 @@ def test_bit_widths_by_hand():
     net, quantized = tiny_net(*CASES["conv_avgpool"])
     manifest, arrays = integer.build(net, quantized, T)
     assert integer.bit_widths(manifest, arrays)["layers.3"]["accumulator_bits"] == 9  # log2(145)
+
+
+def test_hardware_metrics_against_hand_counted_spikes():
+    from cbpqsnn.deploy.metrics import hardware_metrics
+
+    neuron = partial(STBPLIF, v_threshold=0.5, decay=0.25)
+    net = build_spiking_net(["FC4"], (3,), 3, neuron, 2, bias=True).eval()
+    with torch.no_grad():
+        net.layers[0].weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0]]))
+        net.layers[2].weight.fill_(0.3)
+        for i in (0, 2):
+            net.layers[i].bias.zero_()
+    # currents [1, .2, .6, 0]: t0 u = [1, .2, .6, 0] -> spikes [1, 0, 1, 0]; t1 u = 0.25 u (1 - o) + I
+    # = [1, .25, .6, 0] -> [1, 0, 1, 0]: rate 4 / 8. The output gets 2 spikes x 0.3 per step: it
+    # spikes at both steps (rate 1). SynOps of layer 2: 2 events x 3 synapses x 2 steps = 12;
+    # layer 0 sees the image: 3 inputs x 4 synapses = 12 MACs, once.
+    table = {"fp32_mac": 1.0, "fp32_add": 10.0, "int_add": 100.0, "int_mac": 1000.0}
+    x = torch.tensor([[1.0, 0.2, 0.6]])
+    fp32 = hardware_metrics(net, [x, x], table)
+    assert fp32["samples"] == 2 and fp32["spike_rate"] == {"layers.1": 0.5, "layers.3": 1.0}
+    assert fp32["layers"]["layers.2"]["synops"] == 12 and fp32["layers"]["layers.0"]["macs"] == 12
+    assert fp32["synops"] == 12 and fp32["energy_uj"] == pytest.approx((12 * 1 + 12 * 10) * 1e-6)
+    binary = hardware_metrics(net, [x], table, quantized={"layers.2": 1})
+    assert binary["energy_uj"] == pytest.approx((12 * 1 + 12 * 100) * 1e-6)
+    assert binary["layers"]["layers.2"]["weight_memory_bytes"] == (12 * 1 + 32) / 8
+    assert binary["layers"]["layers.0"]["weight_memory_bytes"] == 12 * 4
+    int4 = hardware_metrics(net, [x], table, quantized={"layers.2": 4})
+    assert int4["energy_uj"] == pytest.approx((12 * 1 + 12 * 1000) * 1e-6)
+    # event frames [T, B, 3] (counts of 2): event driven from the first layer, one accumulate per
+    # event (not per unit of its count) and synapse: 3 events x 4 synapses
+    frames = torch.tensor([[[2.0, 0.0, 0.0]], [[0.0, 2.0, 2.0]]])
+    events = hardware_metrics(net, [frames], table)
+    assert events["layers"]["layers.0"] == pytest.approx(
+        {"synops": 12, "macs": 0, "energy_pj": 120, "weight_bits": 32, "weight_memory_bytes": 48})
+
+
+def test_conv_synops_count_every_synapse_of_every_event():
+    from cbpqsnn.deploy.metrics import _fan_out_count
+
+    conv = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1)
+    active = (torch.rand(2, 3, 9, 9, generator=torch.Generator().manual_seed(0)) > 0.7).float()
+    probe = torch.ones(1, 3, 9, 9, requires_grad=True)  # d/dx sum(conv_ones(x)) = fan-out of x
+    torch.nn.functional.conv2d(probe, torch.ones(5, 3, 3, 3), None, 2, 1).sum().backward()
+    assert _fan_out_count(conv, active) == pytest.approx(float((active * probe.grad).sum()))

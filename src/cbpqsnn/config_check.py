@@ -29,12 +29,14 @@ import lightning as L
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from cbpqsnn.deploy.metrics import ENERGY_KEYS
 from cbpqsnn.quant.baselines import ALGORITHMS, check_algorithm
 from cbpqsnn.quant.callback import MULTIPLIER_OPTIMIZERS, NO_QUANT, QUANT_GROUP_ARGS, CBPCallback
 from cbpqsnn.quant.levels import SCALES, level_factors
 
 TOP_KEYS = ("seed", "T", "pretrained", "resume", "row", "run_name", "paths", "data", "model",
-            "method", "quant", "trainer", "logger")
+            "method", "quant", "trainer", "logger", "hardware")
+HARDWARE_KEYS = ("samples", "energy_pj")
 METHOD_KEYS = ("name", "module", "pretrain", "cbp")
 DATA_KEYS = ("name", "datamodule")
 QUANT_KEYS = ("name", "levels", "algorithm", "scale")
@@ -77,6 +79,8 @@ def check_config(cfg: DictConfig) -> None:
         except ValueError as err:
             problems.append(str(err))
     quantize = _check_quant(problems, container.get("quant") or {})
+    if "hardware" in container:
+        _check_hardware(problems, container["hardware"] or {})
     method = container.get("method") or {}
     if not container.get("pretrained"):
         _check_stage(problems, "method.pretrain", method.get("pretrain"), STAGE_KEYS)
@@ -221,6 +225,19 @@ def _check_quant(problems: list[str], quant: Mapping[str, Any]) -> bool:
         except ValueError as err:
             problems.append(str(err))
     return True
+
+
+def _check_hardware(problems: list[str], hardware: Mapping[str, Any]) -> None:
+    _keys(problems, "hardware", hardware, HARDWARE_KEYS)
+    _positive(problems, "hardware.samples", hardware.get("samples"), 1, integer=True, strict=False)
+    energy = hardware.get("energy_pj") or {}
+    _keys(problems, "hardware.energy_pj", energy, ENERGY_KEYS)
+    for key in ENERGY_KEYS:
+        if key not in energy:
+            problems.append(f"hardware.energy_pj.{key} is missing (pJ per operation; "
+                            f"the table needs {', '.join(ENERGY_KEYS)})")
+        else:
+            _positive(problems, f"hardware.energy_pj.{key}", energy[key])
 
 
 def _check_stage(problems: list[str], where: str, stage: Any, valid: Iterable[str]) -> None:

@@ -36,6 +36,7 @@ from cbpqsnn.builders import build_datamodule, build_module, evaluate, make_trai
 from cbpqsnn.checkpoints import load_pretrained
 from cbpqsnn.config_check import check_config
 from cbpqsnn.deploy.artifacts import network_levels, write_deployment
+from cbpqsnn.deploy.metrics import first_test_inputs, hardware_metrics
 from cbpqsnn.guards import FiniteLossGuard
 from cbpqsnn.loggers import finish_loggers, log_result, make_loggers
 from cbpqsnn.quant.callback import NO_QUANT, CBPCallback
@@ -102,6 +103,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     method_summary = module.prepare_stage("cbp", datamodule)
     fp32_acc = evaluate(cfg, run_dir, module, datamodule)
     fp32_bytes = 4 * sum(p.numel() for p in module.parameters())
+    hardware = {"fp32": _hardware(cfg, module, datamodule, None)}
 
     summary: dict[str, Any] = {
         "row": cfg.row, "method": cfg.method.name, "data": cfg.data.name, "model": cfg.model.name,
@@ -136,6 +138,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         _write_rank_zero(lambda path: torch.save(state, path), run_dir / "quantized.pt")
         _write_rank_zero(lambda path: torch.save(packed, path), run_dir / "quantized_packed.pt")
         summary["deploy"] = _write_deployment(cfg, module, network_levels(cbp_result.levels), run_dir)
+        bits = dict.fromkeys(network_levels(cbp_result.levels), cbp_result.bits)
+        hardware["quantized"] = _hardware(cfg, module, datamodule, bits)
         parameters = {n for n, _ in module.named_parameters()}
         summary.update(
             quant_acc=quant_acc, acc_delta=quant_acc - fp32_acc, latent_acc=latent_acc,
@@ -148,12 +152,23 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             quantized_layers=cbp_result.layer_names,
             cbp_checkpoint=str(run_dir / "checkpoints" / "cbp.ckpt"), history=cbp_result.history,
         )
+    summary.update(synops=hardware.get("quantized", hardware["fp32"])["synops"],
+                   energy_uj_fp32=hardware["fp32"]["energy_uj"],
+                   energy_uj=hardware.get("quantized", hardware["fp32"])["energy_uj"], hardware=hardware)
     summary["wall_time_s"] = time.time() - start
     text = json.dumps(summary, indent=2)
     _write_rank_zero(lambda path: path.write_text(text), run_dir / "summary.json")
     if rank_zero_only.rank == 0:
         log_result(cfg, run_dir, summary)
     return summary
+
+
+def _hardware(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
+              bits: dict[str, int] | None) -> dict[str, Any]:
+    """Spike rates, SynOps, energy per inference (``cbpqsnn.deploy.metrics``) on the first
+    ``hardware.samples`` test inputs; ``bits``: the quantized layers (inside ``module.net``)."""
+    inputs = first_test_inputs(datamodule, int(cfg.hardware.samples))
+    return hardware_metrics(module.net, inputs, cfg.hardware.energy_pj, bits)
 
 
 def _write_deployment(cfg: DictConfig, module: L.LightningModule, levels: dict[str, torch.Tensor] | None,

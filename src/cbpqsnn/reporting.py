@@ -33,6 +33,10 @@ def print_summary(summary: dict[str, Any], run_dir: str | Path, console: Console
                           f"{summary['fp32_weight_memory_bytes']:,} B "
                           f"({100 * summary['memory_ratio']:.2f} %)"),
         ("final g", str(summary["g_final"])),
+        ("SynOps / inference", f"{summary['synops']:,.0f}" if "synops" in summary else "--"),
+        ("energy / inference (FP32 -> this run)",
+         f"{summary['energy_uj_fp32']:.3f} -> {summary['energy_uj']:.3f} µJ"
+         if "energy_uj" in summary else "--"),
         ("epochs pretrain / CBP", f"{summary['epochs_pretrain']} / {summary['epochs_cbp']}"),
         ("wall time", f"{summary['wall_time_s']:.0f} s"),
     ]
@@ -46,8 +50,9 @@ def print_summary(summary: dict[str, Any], run_dir: str | Path, console: Console
 # --------------------------------------------------------------------------- sweeps
 
 COLUMNS = ("row", "quant", "algorithm", "seeds", "fp32_acc", "quant_acc", "acc_delta", "latent_acc",
-           "bake_cost", "memory_ratio")
-NUMBERS = ("fp32_acc", "quant_acc", "acc_delta", "latent_acc", "bake_cost", "memory_ratio")
+           "bake_cost", "memory_ratio", "synops", "energy_uj")
+NUMBERS = ("fp32_acc", "quant_acc", "acc_delta", "latent_acc", "bake_cost", "memory_ratio", "synops",
+           "energy_uj")
 
 
 def load_summaries(sweep_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
@@ -98,6 +103,10 @@ def _fmt(entry: dict[str, Any], key: str) -> str:
         return "--"
     if key == "memory_ratio":
         return f"{100 * entry[key]:.2f} %"
+    if key == "synops":
+        return f"{entry[key]:,.0f}"
+    if key == "energy_uj":
+        return f"{entry[key]:.3f}"
     value = f"{entry[key]:+.2f}" if key in ("acc_delta", "bake_cost") else f"{entry[key]:.2f}"
     return value + (f" ± {entry[f'{key}_std']:.2f}" if entry["seeds"] > 1 else "")
 
@@ -131,8 +140,9 @@ def side_by_side(table: list[dict[str, Any]]) -> list[str]:
 def write_tables(table: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
     md = out_dir / "report.md"
     header = ("| row | quant | algorithm | seeds | FP32 acc (%) | quantized acc (%) | delta (points) "
-              "| pre-bake (latent) acc (%) | bake cost (points) | memory |")
-    lines = [header, "|" + "---|" * 10]
+              "| pre-bake (latent) acc (%) | bake cost (points) | memory | SynOps / inference "
+              "| energy / inference (µJ) |")
+    lines = [header, "|" + "---|" * 12]
     for e in table:
         lines.append(f"| {e['row']} | {e['quant']} | {e['algorithm']} | {e['seeds']} | "
                      + " | ".join(_fmt(e, key) for key in NUMBERS) + " |")
