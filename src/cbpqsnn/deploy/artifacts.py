@@ -42,7 +42,7 @@ def write_deployment(net: nn.Module, levels: dict[str, Tensor] | None, T: int,
         return info
     try:
         manifest, arrays = integer.build(net, levels, T)
-    except (NotImplementedError, ValueError) as err:
+    except (NotImplementedError, AttributeError, ValueError) as err:
         info["integer"] = f"not written: {err}"
     else:
         integer.save(out_dir / INTEGER_FILE, manifest, arrays)
