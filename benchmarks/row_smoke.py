@@ -68,6 +68,7 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 from cbpqsnn.builders import build_datamodule, build_module  # noqa: E402
+from cbpqsnn.deploy.metrics import hardware_metrics  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -266,11 +267,13 @@ def train(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDat
 
 
 def fit_fixed_batch(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
-                    batch: int, steps: int) -> tuple[list[float], float, float]:
+                    batch: int, steps: int) -> tuple[list[float], float, float, list[list[float]]]:
     """Can the row's network, loss and optimizer fit one fixed batch? ``steps`` optimizer steps on
     the same ``batch`` training samples (one stratified draw, one augmentation, dropout off), as
     in a real run otherwise (the row's optimizer, clipping and method hooks). Returns the loss per
-    step and the batch's accuracy before and after."""
+    step, the batch's accuracy before and after, and the firing rate of every neuron layer on the
+    batch before and after (in order; empty for a network without spiking neurons, e.g. calib's
+    ANN): where the activity dies, the layers above get no weight gradient."""
     train = datamodule.train_set
     labels = list(train.labels) if hasattr(train, "labels") else labels_of(train)
     picked = stratified_subset(list(range(len(labels))), labels, max(1, batch // 10)).indices[:batch]
@@ -283,7 +286,10 @@ def fit_fixed_batch(cfg: DictConfig, module: L.LightningModule, datamodule: L.Li
         module.eval()
         return 100.0 * float((module(x).argmax(1) == y).float().mean())
 
-    before = accuracy()
+    def rates() -> list[float]:
+        return list(hardware_metrics(module.net, [x], cfg.hardware.energy_pj)["spike_rate"].values())
+
+    before, rates_before = accuracy(), rates()
     module.train()  # Lightning keeps the modes it finds: dropout stays off, BN trains
     for m in module.modules():
         if isinstance(m, nn.modules.dropout._DropoutNd) or "Dropout" in type(m).__name__:
@@ -293,7 +299,7 @@ def fit_fixed_batch(cfg: DictConfig, module: L.LightningModule, datamodule: L.Li
     recorder = StepRecorder(first_layer(module))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=len(y))
     stage_trainer(stage, [recorder], max_steps=steps).fit(module, train_dataloaders=loader)
-    return recorder.loss, before, accuracy()
+    return recorder.loss, before, accuracy(), [rates_before, rates()]
 
 
 @torch.inference_mode()
@@ -339,6 +345,7 @@ class RowResult:
     loss_curve: list[float] = field(default_factory=list)
     fit_loss: list[float] = field(default_factory=list)  # fixed-batch fit: loss per step
     fit_acc: tuple[float, float] = (0.0, 0.0)             # ... its accuracy before, after
+    fit_rates: list[list[float]] = field(default_factory=list)  # ... neuron-layer rates before, after
 
 
 def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1) -> RowResult:
@@ -348,8 +355,8 @@ def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1) -> Ro
     datamodule = prepare(cfg, budget, head_classes(row))
     batch = budget.batch or int(cfg.method.pretrain.batch_size)
     fit_steps = min(budget.fit_steps, max_steps) if max_steps > 0 else budget.fit_steps
-    fit_loss, *fit_acc = fit_fixed_batch(cfg, build_module(cfg, datamodule), datamodule, batch,
-                                         fit_steps)
+    fit_loss, *fit_acc, fit_rates = fit_fixed_batch(cfg, build_module(cfg, datamodule), datamodule,
+                                                     batch, fit_steps)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, datamodule)
     recorder = train(cfg, module, datamodule, budget.minutes, batch, max_steps)
@@ -373,7 +380,8 @@ def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1) -> Ro
                      cpu_hours_full=steps_full * step_s * published_batch / batch / 3600,
                      wall_s=time.time() - start, snn_acc=snn_acc,
                      snn_test_samples=len(datamodule.test_set) if snn_acc else 0,
-                     loss_curve=curve(recorder.loss), fit_loss=fit_loss, fit_acc=tuple(fit_acc))
+                     loss_curve=curve(recorder.loss), fit_loss=fit_loss, fit_acc=tuple(fit_acc),
+                     fit_rates=fit_rates)
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -381,18 +389,21 @@ def markdown(results: list[RowResult]) -> str:
     lines = ["| row | steps x batch | train / test images | test acc (chance) | converted SNN "
              "none / light (test images) | train loss first -> last fifth | first-layer "
              "grad/w first -> last | step s | full pretraining: steps at the published batch, "
-             "CPU h | fixed batch: steps, loss first -> last (acc before -> after) | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "CPU h | fixed batch: steps, loss first -> last (acc before -> after) | fixed batch: "
+             "firing rate per neuron layer, before / after | wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         snn = (" / ".join(f"{r.snn_acc[k]:.1f}" for k in ("none", "light") if k in r.snn_acc)
                + f" ({r.snn_test_samples})") if r.snn_acc else "--"
         fit = (f"{len(r.fit_loss)}, {r.fit_loss[0]:.4g} -> {r.fit_loss[-1]:.4g} "
                f"({r.fit_acc[0]:.0f} -> {r.fit_acc[1]:.0f})") if r.fit_loss else "--"
+        rates = " / ".join(" ".join(f"{v:.2g}" for v in layer_rates) for layer_rates in r.fit_rates
+                           ) if r.fit_rates and r.fit_rates[0] else "--"
         lines.append(
             f"| `{r.row}` | {r.steps} x {r.batch} | {r.train_samples} / {r.test_samples} | "
             f"{r.test_acc:.1f} ({r.chance:.0f}) | {snn} | {r.loss_first:.4g} -> {r.loss_last:.4g} | "
             f"{r.grad_ratio_first:.1e} -> {r.grad_ratio_last:.1e} | {r.step_s:.2f} | "
-            f"{r.steps_full:,}, {r.cpu_hours_full:,.0f} | {fit} | {r.wall_s:.0f} |")
+            f"{r.steps_full:,}, {r.cpu_hours_full:,.0f} | {fit} | {rates} | {r.wall_s:.0f} |")
     return "\n".join(lines) + "\n"
 
 

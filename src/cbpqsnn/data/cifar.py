@@ -11,7 +11,9 @@ Two on-disk layouts (``data.layout``):
 - ``auto`` (default): ``torchvision`` if its folder exists, else ``folders``.
 
 Augmentation (``data.augment``) and normalization constants come from the config
-(:mod:`cbpqsnn.data.image_transforms`).
+(:mod:`cbpqsnn.data.image_transforms`). Class folders are decoded once into a uint8 tensor cache
+(``decoded_cache``, :mod:`cbpqsnn.data.decoded_images`) and augmented as tensors, the same batches
+as decoding every image at every read (``decoded_cache: null`` reads the files each time).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torchvision.datasets import CIFAR10, CIFAR100, ImageFolder
 from torchvision.datasets.utils import check_integrity, download_and_extract_archive
 
 from cbpqsnn.data.base import ClassificationDataModule
+from cbpqsnn.data.decoded_images import DecodedImageFolder
 from cbpqsnn.data.files import CorruptSampleError, missing_data_error, read_or_raise
 from cbpqsnn.data.image_transforms import image_transforms
 
@@ -51,7 +54,8 @@ class CIFARDataModule(ClassificationDataModule):
                  mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
                  std: Sequence[float] = (0.2023, 0.1994, 0.2010), crop_padding: int = 4,
                  cutout_size: int = 16, batch_size: int = 128, eval_batch_size: int = 500,
-                 shuffle_seed: int = 0, num_workers: int = 0) -> None:
+                 shuffle_seed: int = 0, num_workers: int = 0,
+                 decoded_cache: str | Path | None = None) -> None:
         super().__init__(root, download, batch_size, eval_batch_size, shuffle_seed, num_workers)
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
@@ -62,7 +66,10 @@ class CIFARDataModule(ClassificationDataModule):
         self.in_shape = (3, self.image_size, self.image_size)
         self.layout = layout
         self.folders_dir = self.root / folders_subdir
-        self.transforms = image_transforms(augment, mean, std, self.image_size, crop_padding, cutout_size)
+        options = (augment, mean, std, self.image_size, crop_padding, cutout_size)
+        self.transforms = image_transforms(*options)
+        self.decoded_cache = decoded_cache
+        self.tensor_transforms = image_transforms(*options, tensor_input=True)
 
     @property
     def torchvision_dir(self) -> Path:
@@ -88,7 +95,7 @@ class CIFARDataModule(ClassificationDataModule):
     def build_sets(self) -> tuple[CIFAR10 | ImageFolder, CIFAR10 | ImageFolder]:
         train_tf, test_tf = self.transforms
         if self.resolved_layout() == "folders":
-            return self._folder_set("train", train_tf), self._folder_set("test", test_tf)
+            return self._folder_set("train", 0), self._folder_set("test", 1)
         return self._torchvision_set(True, train_tf), self._torchvision_set(False, test_tf)
 
     def _torchvision_set(self, train: bool, transform: Callable) -> CIFAR10:
@@ -111,17 +118,22 @@ class CIFARDataModule(ClassificationDataModule):
             f"{self.torchvision_dir} fails torchvision's md5 check (truncated or corrupt): delete it "
             "and download again (data.download=true)")
 
-    def _folder_set(self, split: str, transform: Callable) -> ImageFolder:
+    def _folder_set(self, split: str, which: int) -> ImageFolder | DecodedImageFolder:
+        """The split's class folders (``which``: 0 train, 1 test transform), decoded once unless
+        ``decoded_cache`` is null."""
         folder = self.folders_dir / split
         if not folder.is_dir():
             raise missing_data_error(self.name, folder, f"class folders <class>/*.jpg ({split} split of "
                                      f"{self.folders_dir}/{{train,test}}/<class>/*.jpg)", "torchvision "
                                      "(into torchvision's layout, data.layout=auto)")
-        dataset = ImageFolder(str(folder), transform=transform, loader=load_rgb)
+        dataset = ImageFolder(str(folder), transform=self.transforms[which], loader=load_rgb)
         if len(dataset.classes) != self.num_classes:
             raise ValueError(f"{folder} holds {len(dataset.classes)} class folders, {self.name} has "
                              f"{self.num_classes}")
-        return dataset
+        if self.decoded_cache is None:
+            return dataset
+        return DecodedImageFolder(dataset, self.decoded_cache, f"{self.name}-{split}", self.image_size,
+                                  self.tensor_transforms[which])
 
     def download_data(self) -> None:
         if self._present_layout() == "folders":

@@ -9,7 +9,12 @@
   CBP-QSNN-SNN-Calibration/main_train_ann.py);
 - ``none``: normalize only.
 
-Test images are only normalized.
+Test images are only normalized. ``tensor_input=True``: the same pipelines for uint8 ``[C, H, W]``
+tensors (decoded once: :mod:`cbpqsnn.data.decoded_images`): crop and flip run on the tensor and
+``ConvertImageDtype`` replaces ``ToTensor`` (both divide by 255) -- the same random numbers, the
+same pixels as on the PIL image; AutoAugment's tensor operations round differently from PIL's, so
+``autoaugment_cutout`` turns the tensor into a PIL image first (no decoding) and runs the PIL
+pipeline: every augment gives the batches of the image files exactly.
 """
 
 from __future__ import annotations
@@ -45,8 +50,9 @@ class Cutout:
 
 
 def image_transforms(augment: str, mean: Sequence[float], std: Sequence[float], image_size: int,
-                     crop_padding: int, cutout_size: int) -> tuple[Callable, Callable]:
-    """``(train_transform, test_transform)`` for PIL images -> normalized tensors."""
+                     crop_padding: int, cutout_size: int, tensor_input: bool = False
+                     ) -> tuple[Callable, Callable]:
+    """``(train_transform, test_transform)`` for PIL images (or uint8 tensors) -> normalized tensors."""
     if augment not in AUGMENTS:
         raise ValueError(f"data.augment must be one of {AUGMENTS}, got {augment!r}")
     normalize = T.Normalize(tuple(map(float, mean)), tuple(map(float, std)))
@@ -55,8 +61,13 @@ def image_transforms(augment: str, mean: Sequence[float], std: Sequence[float], 
         train += [T.RandomCrop(image_size, padding=crop_padding), T.RandomHorizontalFlip()]
     if augment == "autoaugment_cutout":
         train.append(T.AutoAugment(T.AutoAugmentPolicy.CIFAR10))
-    train.append(T.ToTensor())
+    to_float = T.ConvertImageDtype(torch.float32) if tensor_input else T.ToTensor()
+    if tensor_input and augment == "autoaugment_cutout":
+        train.insert(0, T.ToPILImage())
+        train.append(T.ToTensor())
+    else:
+        train.append(to_float)
     if augment == "autoaugment_cutout":
         train.append(Cutout(cutout_size))  # on [0, 1] pixels, before Normalize (reference order)
     train.append(normalize)
-    return T.Compose(train), T.Compose([T.ToTensor(), normalize])
+    return T.Compose(train), T.Compose([to_float, normalize])
