@@ -46,7 +46,7 @@ def _key(folder: ImageFolder, image_size: int) -> str:
 def _decode(folder: ImageFolder, image_size: int) -> Tensor:
     images = torch.empty(len(folder), 3, image_size, image_size, dtype=torch.uint8)
     for i, (path, _) in enumerate(folder.samples):
-        array = np.asarray(folder.loader(path), dtype=np.uint8)
+        array = np.array(folder.loader(path), dtype=np.uint8)  # a writable copy
         if array.shape != (image_size, image_size, 3):
             raise ValueError(f"{path}: a {array.shape[1]}x{array.shape[0]} image, expected "
                              f"{image_size}x{image_size} RGB")
