@@ -255,7 +255,8 @@ def _cfs_by_algorithm(curves: list[tuple[Path, dict[str, Any]]], out_dir: Path) 
         for algorithm, histories in sorted(by_panel[panel].items()):
             length = min(len(h) for h in histories)
             mean = [statistics.fmean(h[i] for h in histories) for i in range(length)]
-            ax.plot(range(1, length + 1), mean, marker="o", markersize=3, label=algorithm)
+            color = f"C{ALGORITHMS.index(algorithm)}" if algorithm in ALGORITHMS else None
+            ax.plot(range(1, length + 1), mean, marker="o", markersize=3, label=algorithm, color=color)
         ax.set(xlabel="fine-tuning epoch", ylabel="CFS (mean over seeds)", title=" / ".join(panel))
         ax.legend(fontsize=7)
     fig.tight_layout()
