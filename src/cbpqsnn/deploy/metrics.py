@@ -38,11 +38,13 @@ ENERGY_KEYS = ("fp32_mac", "fp32_add", "int_add", "int_mac")  # the operations t
 
 def _fan_out_count(layer: nn.Module, active: Tensor) -> float:
     """``sum_i active_i fan_out_i`` over a batch of inputs of ``layer`` (``active``: 0/1)."""
+    active = active.float()  # counts in float32 (exact per element) whatever the network's dtype
     if isinstance(layer, nn.Linear):
-        return float(active.sum()) * layer.out_features
-    ones = torch.ones_like(layer.weight[:, :1].expand(-1, layer.in_channels // layer.groups, -1, -1))
+        return float(active.double().sum()) * layer.out_features
+    ones = torch.ones(layer.out_channels, layer.in_channels // layer.groups, *layer.kernel_size,
+                      device=active.device)
     out = F.conv2d(active, ones, None, layer.stride, layer.padding, layer.dilation, layer.groups)
-    return float(out.sum())
+    return float(out.double().sum())
 
 
 @torch.no_grad()
@@ -77,7 +79,7 @@ def hardware_metrics(net: nn.Module, batches: Iterable[Tensor], energy_pj: Mappi
             if network_input and x is network_input[0]:  # a static image: dense, once
                 macs[name] += _fan_out_count(layer, torch.ones_like(x))
             else:  # spikes, pooled spikes or event frames: one accumulate per event and synapse
-                synops[name] += _fan_out_count(layer, (x != 0).to(layer.weight.dtype))
+                synops[name] += _fan_out_count(layer, x != 0)
         return hook
 
     layers = {}
@@ -89,11 +91,11 @@ def hardware_metrics(net: nn.Module, batches: Iterable[Tensor], energy_pj: Mappi
             hooks.append(module.register_forward_pre_hook(layer_hook(name, module)))
     T = None
     training = net.training
-    device = next(net.parameters()).device
+    parameter = next(net.parameters())  # inputs in the network's device and dtype (bf16-true runs)
     net.eval()
     try:
         for x in batches:
-            network_input[:] = [x.to(device)]
+            network_input[:] = [x.to(parameter.device, parameter.dtype if x.is_floating_point() else x.dtype)]
             out = net(network_input[0])
             T = out.shape[0]
             samples += out.shape[1]

@@ -51,7 +51,7 @@ def _conv(layer: nn.Conv2d, shape: tuple[int, ...]) -> tuple[Any, tuple[int, ...
     node = nir.Conv2d(input_shape=np.array(shape[1:]), weight=_array(layer.weight),
                       stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
                       groups=layer.groups, bias=_array(bias))
-    out = layer(torch.zeros(1, *shape)).shape[1:]
+    out = layer(torch.zeros(1, *shape, dtype=layer.weight.dtype)).shape[1:]
     return node, tuple(out)
 
 
