@@ -2,8 +2,9 @@
 
 Attach it to a ``Trainer`` that fine-tunes a pretrained module; it knows nothing about the method:
 
-- ``setup``: selects the layers, freezes ``a_l = mean|W_l|`` and registers a straight-through
-  :class:`LevelQuantizer` parametrization, so the module computes with ``w_q`` in training and
+- ``setup``: selects the layers, freezes the scales ``a_l`` (the level set's rule, ``scale``) and
+  registers a straight-through :class:`LevelQuantizer` parametrization (a baseline's own, see
+  below), so the module computes with ``w_q`` in training and
   validation while the optimizer updates the latent FP32 weight; creates one multiplier per weight;
 - ``on_train_start``: the initial multiplier step (g = 1), once per stage (not on resume);
 - ``on_before_optimizer_step``: adds ``lambda * dcs/dw`` to the (unscaled) weight gradient, i.e.
