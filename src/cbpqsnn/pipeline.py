@@ -137,9 +137,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         packed = pack_state_dict(state, cbp_result.levels, cbp_result.bits)
         _write_rank_zero(lambda path: torch.save(state, path), run_dir / "quantized.pt")
         _write_rank_zero(lambda path: torch.save(packed, path), run_dir / "quantized_packed.pt")
-        summary["deploy"] = _write_deployment(cfg, module, network_levels(cbp_result.levels), run_dir)
-        bits = dict.fromkeys(network_levels(cbp_result.levels), cbp_result.bits)
-        hardware["quantized"] = _hardware(cfg, module, datamodule, bits)
+        levels = network_levels(cbp_result.levels)
+        summary["deploy"] = _write_deployment(cfg, module, levels, run_dir)
+        hardware["quantized"] = _hardware(cfg, module, datamodule, dict.fromkeys(levels, cbp_result.bits))
         parameters = {n for n, _ in module.named_parameters()}
         summary.update(
             quant_acc=quant_acc, acc_delta=quant_acc - fp32_acc, latent_acc=latent_acc,
@@ -150,11 +150,12 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             memory_ratio=memory.ratio, packed_payload_bytes=packed_payload_bytes(packed, parameters),
             g_final=cbp_result.g_final, epochs_cbp=int(cfg.method.cbp.epochs) if fine_tune else 0,
             quantized_layers=cbp_result.layer_names,
-            cbp_checkpoint=str(run_dir / "checkpoints" / "cbp.ckpt"), history=cbp_result.history,
+            cbp_checkpoint=str(run_dir / "checkpoints" / "cbp.ckpt") if fine_tune else None,
+            history=cbp_result.history,
         )
-    summary.update(synops=hardware.get("quantized", hardware["fp32"])["synops"],
-                   energy_uj_fp32=hardware["fp32"]["energy_uj"],
-                   energy_uj=hardware.get("quantized", hardware["fp32"])["energy_uj"], hardware=hardware)
+    final = hardware.get("quantized", hardware["fp32"])  # the network the run leaves behind
+    summary.update(synops=final["synops"], energy_uj_fp32=hardware["fp32"]["energy_uj"],
+                   energy_uj=final["energy_uj"], hardware=hardware)
     summary["wall_time_s"] = time.time() - start
     text = json.dumps(summary, indent=2)
     _write_rank_zero(lambda path: path.write_text(text), run_dir / "summary.json")
