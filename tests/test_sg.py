@@ -181,3 +181,22 @@ def test_sg_config_picks_its_own_network_and_surrogates_by_name():
     assert compose(["method=sg", "model=7bnet"]).model.name == "7bnet"
     with pytest.raises(ValueError, match="valid choices"):
         sg_module(["C4"], (1, 4, 4), 2, surrogate="triangle")
+
+
+def test_hardware_metrics_of_a_run_count_event_batches_per_sample_over_T():
+    # event batches arrive batch-first [B, T, ...]; the run's metrics must see T steps of B inputs
+    from cbpqsnn.pipeline import _hardware
+
+    cfg = compose(["method=sg", "hardware.samples=5"])
+    module = sg_module(["C4"], (2, 6, 6), 3, T=4)
+
+    class Events:
+        def setup(self, stage):
+            pass
+
+        def test_dataloader(self):
+            frames = (torch.rand(3, 4, 2, 6, 6) < 0.5).float()
+            return [(frames, torch.zeros(3)), (frames, torch.zeros(3))]
+
+    metrics = _hardware(cfg, module, Events(), None)
+    assert (metrics["samples"], metrics["T"]) == (5, 4)

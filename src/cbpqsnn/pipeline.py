@@ -167,8 +167,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 def _hardware(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
               bits: dict[str, int] | None) -> dict[str, Any]:
     """Spike rates, SynOps, energy per inference (``cbpqsnn.deploy.metrics``) on the first
-    ``hardware.samples`` test inputs; ``bits``: the quantized layers (inside ``module.net``)."""
-    inputs = first_test_inputs(datamodule, int(cfg.hardware.samples))
+    ``hardware.samples`` test inputs, time-first as the network runs them (event batches arrive
+    batch-first); ``bits``: the quantized layers (inside ``module.net``)."""
+    inputs = [module.time_first(x) for x in first_test_inputs(datamodule, int(cfg.hardware.samples))]
     return hardware_metrics(module.net, inputs, cfg.hardware.energy_pj, bits)
 
 
