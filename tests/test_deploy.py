@@ -27,13 +27,20 @@ def tiny_net(spec, in_shape, levels: str = "binary", seed: int = 0):
     net = build_spiking_net(spec, in_shape, 3, neuron, T, bias=True).eval()
     affine = [(f"layers.{i}", m) for i, m in enumerate(net.layers)
               if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
-    quantized = {}
     with torch.no_grad():
         for layer in [m for _, m in affine]:
             layer.weight.mul_(3.0)  # enough current for spikes in every layer, biases that do
             layer.bias.mul_(0.5)    # not decide the output alone
-        for name, layer in affine[1:-1]:
-            w = layer.weight
+    return net, on_levels(net, [name for name, _ in affine[1:-1]], levels)
+
+
+def on_levels(net: torch.nn.Module, names: list[str], levels: str) -> dict[str, torch.Tensor]:
+    """Put the named layers' weights on ``a F`` levels (F binary or ternary); returns their levels."""
+    quantized = {}
+    modules = dict(net.named_modules())
+    with torch.no_grad():
+        for name in names:
+            w = modules[name].weight
             a = w.abs().mean()
             if levels == "binary":
                 w.copy_(a * torch.where(w >= 0, 1.0, -1.0))
@@ -41,7 +48,7 @@ def tiny_net(spec, in_shape, levels: str = "binary", seed: int = 0):
             else:
                 w.copy_(a * torch.sign(w) * (w.abs() > 0.5 * a))
                 quantized[name] = a * torch.tensor([-1.0, 0.0, 1.0])
-    return net, quantized
+    return quantized
 
 
 CASES = {
@@ -56,16 +63,16 @@ def test_snntorch_and_the_numpy_integer_reference_give_the_projects_spike_counts
     spec, in_shape = CASES[case]
     net, quantized = tiny_net(spec, in_shape, levels)
     inputs = torch.randn(24, *in_shape, generator=torch.Generator().manual_seed(1))
-    ours = check.project_counts(net, inputs)
+    ours = check.project_outputs(net, inputs)
     assert ours.sum() > 0 and len({tuple(row) for row in ours}) > 3  # activity that tells apart
     info = write_deployment(net, quantized, T, tmp_path)
     assert info["nir"] == NIR_FILE and info["integer"] == INTEGER_FILE
     import nir
 
     graph = nir.read(str(tmp_path / NIR_FILE))
-    assert np.array_equal(check.snntorch_counts(graph, inputs, T), ours)
+    assert np.array_equal(check.snntorch_outputs(graph, inputs, T), ours)
     manifest, arrays = numpy_reference.load(str(tmp_path / INTEGER_FILE))
-    assert np.array_equal(check.integer_counts(manifest, arrays, inputs), ours)
+    assert np.array_equal(check.integer_outputs(manifest, arrays, inputs), ours)
     for name in quantized:  # integer codes, no scale left in the quantized layers
         codes = arrays[f"{name}.codes"]
         assert codes.dtype == np.int8 and set(np.unique(codes)) <= {-1, 0, 1}
@@ -92,7 +99,12 @@ def test_the_nir_graph_round_trips_with_stbps_lif_as_nir_lif():
 
 def test_a_layer_without_a_mapping_or_weights_off_their_levels_are_named():
     net, quantized = tiny_net(["C4", "M2", "FC8"], (1, 8, 8))
-    with pytest.raises(NotImplementedError, match="MaxPool2d"):
+    net.layers.insert(2, torch.nn.ReLU())
+    with pytest.raises(NotImplementedError, match="ReLU"):
+        to_nir(net, T)
+    net, quantized = tiny_net(["C4", "M2", "FC8"], (1, 8, 8))
+    net.layers.insert(2, net.layers.pop(1))  # the max pool on currents, before the neuron
+    with pytest.raises(NotImplementedError, match="only on spikes"):
         to_nir(net, T)
     net, quantized = tiny_net(*CASES["mlp"])
     with torch.no_grad():

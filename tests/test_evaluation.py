@@ -132,5 +132,5 @@ def test_export_cli_writes_the_deployment_files_and_checks_them(run_dir: Path) -
     result = json.loads((run_dir / "deploy_check.json").read_text())
     assert result["samples"] == 40
     for key in ("snntorch_vs_project", "numpy_integer_vs_project"):
-        assert result[key] == {"same_prediction": 100.0, "same_counts": 100.0}, key
+        assert result[key] == {"same_prediction": 100.0, "same_outputs": 100.0}, key
     assert cli.main([str(run_dir / "nothing")]) == 1

@@ -2,16 +2,24 @@
 run by the pure-NumPy :mod:`cbpqsnn.deploy.numpy_reference` (its docstring: the semantics).
 
 Each quantized layer's weights are ``W = a_l C`` with integer codes ``C`` (binary {-1, 1},
-ternary {-1, 0, 1}); its inputs are spikes or, after ``k x k`` average pools, spike counts times
-``1 / k^2``. So its current is ``s acc + b`` with the integer accumulation ``acc = C x`` and the
-unit ``s = a_l / k^2``, and the next LIF runs on ``u / s``: bias ``b / s``, threshold
-``V_th / s``, the same decay -- the same spikes, with no multiplication in the quantized layers.
-The first layer and the classifier stay FP32 (``cbp.md`` section 1), as float weights.
+ternary {-1, 0, 1}). Its inputs are ``f X`` with integer ``X``: spikes (``f = 1``, or the IF
+neuron's amplitude ``V_th``), sums of spikes after a residual ADD, maxima of them after a max pool,
+or spike counts after a ``k x k`` average pool (``f`` times ``1 / k^2``). With a batch-norm after the
+layer (per output channel ``c``: ``s_c (W x) + b_c``, folded, :class:`~cbpqsnn.deploy.stages.Synapse`)
+its current is ``u_c acc + b_c`` with the integer accumulation ``acc = C X`` and the per-channel
+unit ``u_c = a_l f s_c``. The next neuron runs on ``v / u_c``: bias ``b_c / u_c``, threshold
+``V_th / u_c``, initial potential ``v_0 / u_c``, the same decay -- the same spikes, with no
+multiplication in the quantized layers. A channel with ``s_c < 0`` has its codes negated (so
+``u_c > 0`` and the threshold test keeps its direction); one with ``s_c = 0`` gets zero codes.
+The first layer and the classifier stay FP32 (``cbp.md`` section 1), as float weights (the BN and
+``f`` folded in); the conversion's fixed pooling conv is a sum pool with a per-channel unit.
 
 Bits (:func:`bit_widths`): an accumulator holds at most ``sum |C| x_max`` over a neuron's fan-in
-(``x_max`` = 1 for spikes, ``k^2`` after a sum pool): ``ceil(log2(bound + 1)) + 1`` signed bits; the
-membrane ``u / s`` is bounded by ``(bound + |b / s|) / (1 - decay)`` (integer part; the NumPy
-reference keeps it in float64 because ``b / s`` and ``V_th / s`` are not integers).
+(``x_max`` = 1 for spikes, ``k^2`` after a sum pool, the sum of both branches' after an ADD):
+``ceil(log2(bound + 1)) + 1`` signed bits; the membrane ``v / u`` is bounded by ``bound + |b / u|``
+(PLIF: a convex combination), that over ``1 - decay`` (STBP's LIF), or that plus the threshold (IF,
+reset by subtraction) -- its integer part; the NumPy reference keeps it in float64 because
+``b / u`` and ``V_th / u`` are not integers.
 """
 
 from __future__ import annotations
@@ -25,8 +33,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cbpqsnn.nets.feedforward import SpikingNet
-from cbpqsnn.neurons import STBPLIF
+from cbpqsnn.conversion.network import AvgPoolConv
+from cbpqsnn.deploy.nir_export import input_shift
+from cbpqsnn.deploy.stages import Branch, Flatten, Merge, Neuron, Pool, Synapse, stages
+from cbpqsnn.neurons import STBPLIF, IFNeuron, MultiStepNeuron, ParametricLIF
 
 INTEGER_FACTORS = ((-1.0, 1.0), (-1.0, 0.0, 1.0))  # binary, ternary: codes are the factors
 
@@ -43,18 +53,36 @@ def _codes(weight: Tensor, levels: Tensor) -> tuple[np.ndarray, float]:
     return codes.to(torch.int8).numpy(), scale
 
 
-def build(net: SpikingNet, levels: dict[str, Tensor], T: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Manifest and arrays of ``net`` (a baked :class:`SpikingNet` of STBP LIF neurons);
-    ``levels`` = the quantized layers (``layers.<i>``, names inside ``net``) and their levels."""
+def _neuron_op(neuron: MultiStepNeuron, name: str) -> tuple[dict[str, Any], float, float]:
+    """The neuron's operation (without its arrays), its threshold and its spike amplitude."""
+    if isinstance(neuron, STBPLIF):
+        return {"op": "neuron", "name": name, "model": "lif", "decay": neuron.decay}, neuron.v_threshold, 1.0
+    if isinstance(neuron, ParametricLIF):
+        if neuron.v_reset != 0.0:
+            raise NotImplementedError(f"{name}: PLIF with v_reset != 0")
+        k = float(torch.sigmoid(neuron.w.detach().double()))
+        return {"op": "neuron", "name": name, "model": "plif", "k": k}, neuron.v_threshold, 1.0
+    if isinstance(neuron, IFNeuron):
+        threshold = float(neuron.threshold)
+        return {"op": "neuron", "name": name, "model": "if"}, threshold, threshold
+    raise NotImplementedError(f"no integer mapping for the neuron {type(neuron).__name__}; "
+                              "mapped: STBPLIF, ParametricLIF, IFNeuron")
+
+
+def build(net: nn.Module, levels: dict[str, Tensor], T: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Manifest and arrays of the baked ``net`` (:func:`~cbpqsnn.deploy.stages.stages`);
+    ``levels`` = the quantized layers (``layers.<i>...``, names inside ``net``) and their levels."""
     ops: list[dict[str, Any]] = []
     arrays: dict[str, np.ndarray] = {}
-    pool = 1.0  # product of the 1 / k^2 of the sum pools since the last neuron
-    unit, bias = 1.0, None  # the pending affine layer's unit s and bias (folded into the neuron)
-    for index, layer in enumerate(net.layers):
-        name = f"layers.{index}"
-        if isinstance(layer, nn.Dropout):
-            continue
-        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+    factor = 1.0  # the next layer's input is factor x an integer tensor
+    unit: np.ndarray | None = None  # pending per-channel unit and bias, folded into the next neuron
+    bias: np.ndarray | None = None
+    kept: dict[str, float] = {}
+    chain = stages(net)
+    for index, stage in enumerate(chain):
+        name = stage.name
+        if isinstance(stage, Synapse):
+            layer = stage.layer
             op: dict[str, Any] = {"op": "conv" if isinstance(layer, nn.Conv2d) else "linear", "name": name,
                                   "integer": name in levels}
             if isinstance(layer, nn.Conv2d):
@@ -62,54 +90,92 @@ def build(net: SpikingNet, levels: dict[str, Tensor], T: int) -> tuple[dict[str,
                         or layer.dilation != (1, 1) or layer.groups != 1:
                     raise NotImplementedError(f"{name}: square stride / padding, no dilation or groups")
                 op.update(stride=layer.stride[0], padding=layer.padding[0])
-            b = layer.bias.detach().double().numpy() if layer.bias is not None else None
+            s, b = (t.numpy() for t in stage.folded())
+            b = b + input_shift(chain, index, T)
             if op["integer"]:
-                arrays[f"{name}.codes"], scale = _codes(layer.weight, levels[name])
-                unit, bias = scale * pool, b
-            else:  # FP32 layer: float weights with the pools' factor, bias applied here
-                arrays[f"{name}.weight"] = layer.weight.detach().double().numpy() * pool
-                arrays[f"{name}.bias"] = b if b is not None else np.zeros(layer.weight.shape[0])
-                unit, bias = 1.0, None
+                codes, scale = _codes(layer.weight, levels[name])
+                sign = np.sign(s).reshape(-1, *[1] * (codes.ndim - 1)).astype(np.int8)
+                arrays[f"{name}.codes"] = codes * sign
+                unit = np.where(s == 0, 1.0, np.abs(s) * scale * factor)
+                bias = b
+            else:  # FP32 layer: float weights (BN and input factor folded), bias applied here
+                weight = layer.weight.detach().double().numpy() * factor
+                arrays[f"{name}.weight"] = weight * s.reshape(-1, *[1] * (weight.ndim - 1))
+                arrays[f"{name}.bias"] = b
+                unit, bias = None, None
             ops.append(op)
-        elif isinstance(layer, nn.AvgPool2d):
-            k = layer.kernel_size if isinstance(layer.kernel_size, int) else layer.kernel_size[0]
-            if layer.stride not in (k, (k, k)) or layer.padding not in (0, (0, 0)):
-                raise NotImplementedError(f"{name}: average pool with stride = kernel, no padding")
+        elif isinstance(stage, Pool):
+            pool = stage.module
+            k = pool.kernel_size if isinstance(pool.kernel_size, int) else pool.kernel_size[0]
+            if isinstance(pool, nn.AvgPool2d | nn.MaxPool2d) and (
+                    pool.stride not in (k, (k, k)) or pool.padding not in (0, (0, 0))):
+                raise NotImplementedError(f"{name}: pools with stride = kernel and no padding")
+            if isinstance(pool, nn.MaxPool2d):  # max(f X) = f max(X) for f > 0
+                ops.append({"op": "maxpool", "name": name, "kernel": k})
+                continue
             ops.append({"op": "sumpool", "name": name, "kernel": k})
-            pool /= k * k
-        elif isinstance(layer, nn.Flatten):
+            if isinstance(pool, AvgPoolConv):  # a fixed pooling conv feeding its own neuron
+                weight = pool.weight.detach().double().reshape(pool.weight.shape[0], -1).numpy()
+                if not np.all(weight == weight[:, :1]):
+                    raise NotImplementedError(f"{name}: a pooling conv with unequal weights in a channel")
+                unit = weight[:, 0] * factor
+                bias = pool.bias.detach().double().numpy() + input_shift(chain, index, T)
+            else:
+                factor /= k * k
+        elif isinstance(stage, Flatten):
             ops.append({"op": "flatten", "name": name})
-        elif isinstance(layer, STBPLIF):
-            arrays[f"{name}.threshold"] = np.array(layer.v_threshold / unit)
+        elif isinstance(stage, Neuron):
+            op, threshold, amplitude = _neuron_op(stage.module, name)
+            channels = (-1, 1, 1) if ops[-1]["op"] in ("conv", "sumpool") else (-1,)
+            scale = (unit if unit is not None else np.ones(1)).reshape(channels)
+            arrays[f"{name}.threshold"] = threshold / scale
             if bias is not None:
-                shape = (-1, 1, 1) if ops[-1]["op"] == "conv" else (-1,)
-                arrays[f"{name}.bias"] = (bias / unit).reshape(shape)
-            ops.append({"op": "lif", "name": name, "decay": layer.decay, "bias": bias is not None,
-                        "unit": unit})
-            pool, unit, bias = 1.0, 1.0, None
-        else:
-            raise NotImplementedError(f"no integer mapping for layer {index} ({type(layer).__name__})")
+                arrays[f"{name}.bias"] = bias.reshape(channels) / scale
+            if isinstance(stage.module, IFNeuron) and bool(stage.module.v_init.abs().sum()):
+                arrays[f"{name}.v_init"] = stage.module.v_init.detach().double().numpy() / scale
+            op.update(bias=bias is not None, v_init=f"{name}.v_init" in arrays)
+            ops.append(op)
+            factor, unit, bias = amplitude, None, None
+        elif isinstance(stage, Branch):
+            kept[name] = factor
+            ops.append({"op": "keep", "name": name})
+        elif isinstance(stage, Merge):
+            if kept.pop(name) != factor:
+                raise NotImplementedError(f"{name}: residual branches of different spike amplitudes")
+            ops.append({"op": "add", "name": name})
     return {"T": int(T), "in_shape": list(net.in_shape), "ops": ops}, arrays
 
 
 def bit_widths(manifest: dict[str, Any], arrays: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
     """Per integer layer: signed bits of the accumulator and of the membrane's integer part."""
     widths: dict[str, dict[str, int]] = {}
-    x_max = 1
-    for i, op in enumerate(manifest["ops"]):
-        if op["op"] == "sumpool":
+    x_max, kept = 1, {}
+    pending: tuple[str, int] | None = None  # the integer layer waiting for its neuron, its bound
+    for op in manifest["ops"]:
+        kind = op["op"]
+        if kind == "sumpool":
             x_max *= op["kernel"] ** 2
-        elif op["op"] == "lif":
-            x_max = 1
+        elif kind == "keep":
+            kept[op["name"]] = x_max
+        elif kind == "add":
+            x_max += kept.pop(op["name"])
+        elif kind == "neuron":
+            if pending is not None:
+                layer, bound = pending
+                name = op["name"]
+                bias = float(np.abs(arrays.get(f"{name}.bias", np.zeros(1))).max())
+                membrane = bound + bias
+                if op["model"] == "lif":
+                    membrane /= 1 - op["decay"]
+                elif op["model"] == "if":
+                    membrane += float(np.max(arrays[f"{name}.threshold"]))
+                widths[layer] = {"accumulator_bits": math.ceil(math.log2(bound + 1)) + 1,
+                                 "membrane_integer_bits": math.ceil(math.log2(membrane + 1)) + 1}
+            x_max, pending = 1, None
         elif op.get("integer"):
             codes = arrays[f"{op['name']}.codes"].astype(np.int64)
             fan_in = np.abs(codes).reshape(codes.shape[0], -1).sum(axis=1)
-            bound = int(fan_in.max()) * x_max
-            neuron = manifest["ops"][i + 1]
-            bias = float(np.abs(arrays.get(f"{neuron['name']}.bias", np.zeros(1))).max())
-            membrane = (bound + bias) / (1 - neuron["decay"])
-            widths[op["name"]] = {"accumulator_bits": math.ceil(math.log2(bound + 1)) + 1,
-                                  "membrane_integer_bits": math.ceil(math.log2(membrane + 1)) + 1}
+            pending = (op["name"], int(fan_in.max()) * x_max)
     return widths
 
 

@@ -3,35 +3,51 @@ by snnTorch, Norse, Sinabs, Rockpool, Lava-DL, SpiNNaker2, ...).
 
 Discrete-time semantics. NIR nodes are continuous-time; a simulator steps them with a time step
 ``dt``: a LIF node ``tau dv/dt = (v_leak - v) + r I`` becomes ``v[t] = (1 - dt/tau) v[t-1] +
-(dt/tau) r I[t]`` (forward Euler), spiking when ``v > v_threshold`` and then resetting ``v`` to
-``v_reset``. This module writes every node for ``dt = DT = 1e-4`` (the step snnTorch's importer
-assumes), stored in the graph's metadata, so that one simulator step is one time step of the
-project's network:
+(dt/tau) (v_leak + r I[t])`` (forward Euler), spiking when ``v > v_threshold`` and then resetting
+``v`` to ``v_reset``. This module writes every node for ``dt = DT = 1e-4`` (the step snnTorch's
+importer assumes), stored in the graph's metadata, so that one simulator step is one time step of
+the project's network:
 
 - STBP's iterative LIF ``u[t] = decay u[t-1] (1 - o[t-1]) + I[t]``, ``o = 1[u > V_th]``: the reset
   folded into the decay is a hard reset to 0 after a spike, so ``nir.LIF`` with
   ``tau = dt / (1 - decay)``, ``r = tau / dt`` (input gain ``dt r / tau = 1``), ``v_leak = 0``,
   ``v_threshold = V_th``, ``v_reset = 0``. Exact.
-- ``nn.Conv2d`` -> ``nir.Conv2d`` (a missing bias as zeros), ``nn.Linear`` -> ``nir.Affine``,
-  ``nn.AvgPool2d`` -> ``nir.AvgPool2d``, ``nn.Flatten`` -> ``nir.Flatten`` (dimensions without the
-  batch, as NIR counts them), dropout dropped (inference).
+- PLIF / LIF of the surrogate-gradient backbone, ``H[t] = V[t-1] + k (X[t] - V[t-1] + V_r)`` with the
+  learned ``k = 1/tau``: ``nir.LIF`` with ``tau = dt / k``, ``r = 1`` (gain ``k``), ``v_leak = v_reset
+  = V_r``. Not exact at a tie: PLIF fires at ``H >= V_th``, NIR at ``v > V_th`` (measured: README).
+- The IF neuron of the converted network (reset by subtraction, spike amplitude ``V_th``, input shift
+  ``V_th / 2T``): ``nir.IF`` with ``r = 1``, the threshold, ``v_reset = 0``; the shift is folded into
+  the preceding layer's bias and the amplitude into the next layer's weights. **Not exact**: NIR's IF
+  resets to ``v_reset`` (hard reset), and a node has no initial potential (the calibrated
+  ``v_init`` is dropped); snnTorch 1.0 cannot run ``nir.IF`` inside a network at all
+  (:func:`cbpqsnn.deploy.check.snntorch_network` says why). The integer artifact is exact.
+- ``nn.Conv2d`` -> ``nir.Conv2d`` and ``nn.Linear`` -> ``nir.Affine`` (a missing bias as zeros), a
+  following ``BatchNorm2d`` folded into them (``W s``, ``s (b - mu) + beta``, ``s = gamma / sqrt(var
+  + eps)``: the weights of a quantized layer become per-channel multiples of its codes);
+  ``nn.AvgPool2d`` -> ``nir.AvgPool2d``; the conversion's fixed pooling conv -> a ``nir.Conv2d``
+  (depthwise written as a diagonal channel mix: NIR's shape inference ignores ``groups``);
+  ``nn.MaxPool2d`` over spikes -> ``nir.SumPool2d`` then ``nir.Threshold(0.5)``
+  (the maximum of 0/1 values is 1 exactly when their sum is >= 1; exact, and refused on inputs that
+  are not spikes); ``nn.Flatten`` -> ``nir.Flatten`` (dimensions without the batch); dropout dropped.
+- A SEW block's ADD connect is two edges into the next node (NIR sums a node's inputs).
 - A static image is the input current at every step (direct encoding): the simulator is fed the
-  same image ``T`` times; the class is the output layer's spike count (STBP's firing-rate readout).
+  same image ``T`` times; event frames are fed one per step. The class is the argmax of the output
+  node summed over the ``T`` steps (a spike count, or the analog classifier's summed outputs).
 
 A layer or neuron without a mapping here is a ``NotImplementedError`` naming it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
-from cbpqsnn.nets.feedforward import SpikingNet
-from cbpqsnn.neurons import STBPLIF
+from cbpqsnn.deploy.stages import Branch, Flatten, Neuron, Pool, Stage, Synapse, stages
+from cbpqsnn.neurons import STBPLIF, IFNeuron, MultiStepNeuron, ParametricLIF
 
 DT = 1e-4  # the simulator time step every node is written for (snnTorch's importer assumes it)
 
@@ -44,83 +60,116 @@ def _full(shape: tuple[int, ...], value: float) -> np.ndarray:
     return np.full(shape, value, dtype=np.float32)
 
 
-def _conv(layer: nn.Conv2d, shape: tuple[int, ...]) -> tuple[Any, tuple[int, ...]]:
+def _neuron(neuron: MultiStepNeuron, shape: tuple[int, ...]) -> tuple[Any, float]:
+    """The NIR node of ``neuron`` and its spike amplitude (what the next layer's weights absorb)."""
     import nir
 
-    bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_channels)
-    node = nir.Conv2d(input_shape=np.array(shape[1:]), weight=_array(layer.weight),
-                      stride=layer.stride, padding=layer.padding, dilation=layer.dilation,
-                      groups=layer.groups, bias=_array(bias))
-    out = layer(torch.zeros(1, *shape, dtype=layer.weight.dtype)).shape[1:]
-    return node, tuple(out)
+    def lif(tau: float, r: float, v_threshold: float, v_rest: float) -> Any:
+        return nir.LIF(tau=_full(shape, tau), r=_full(shape, r), v_leak=_full(shape, v_rest),
+                       v_threshold=_full(shape, v_threshold), v_reset=_full(shape, v_rest))
+
+    if isinstance(neuron, STBPLIF):
+        tau = DT / (1.0 - neuron.decay)
+        return lif(tau, tau / DT, neuron.v_threshold, 0.0), 1.0
+    if isinstance(neuron, ParametricLIF):
+        k = float(torch.sigmoid(neuron.w.detach().double()))
+        return lif(DT / k, 1.0, neuron.v_threshold, neuron.v_reset), 1.0
+    if isinstance(neuron, IFNeuron):
+        threshold = float(neuron.threshold)
+        return nir.IF(r=_full(shape, 1.0), v_threshold=_full(shape, threshold),
+                      v_reset=_full(shape, 0.0)), threshold
+    raise NotImplementedError(f"no NIR mapping for the neuron {type(neuron).__name__}; "
+                              "mapped: STBPLIF, ParametricLIF, IFNeuron")
 
 
-def _linear(layer: nn.Linear, shape: tuple[int, ...]) -> tuple[Any, tuple[int, ...]]:
-    import nir
-
-    bias = layer.bias if layer.bias is not None else torch.zeros(layer.out_features)
-    return nir.Affine(weight=_array(layer.weight), bias=_array(bias)), (layer.out_features,)
-
-
-def _avgpool(layer: nn.AvgPool2d, shape: tuple[int, ...]) -> tuple[Any, tuple[int, ...]]:
-    import nir
-
-    pair = nn.modules.utils._pair
-    node = nir.AvgPool2d(kernel_size=np.array(pair(layer.kernel_size)),
-                         stride=np.array(pair(layer.stride)), padding=np.array(pair(layer.padding)))
-    return node, tuple(layer(torch.zeros(1, *shape)).shape[1:])
-
-
-def _flatten(layer: nn.Flatten, shape: tuple[int, ...]) -> tuple[Any, tuple[int, ...]]:
-    import nir
-
-    if layer.start_dim != 1 or layer.end_dim != -1:
-        raise NotImplementedError("only Flatten(start_dim=1) (flatten every non-batch dimension)")
-    node = nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1)
-    return node, (int(np.prod(shape)),)
-
-
-def _stbp_lif(neuron: STBPLIF, shape: tuple[int, ...]) -> tuple[Any, tuple[int, ...]]:
-    import nir
-
-    tau = DT / (1.0 - neuron.decay)
-    node = nir.LIF(tau=_full(shape, tau), r=_full(shape, tau / DT), v_leak=_full(shape, 0.0),
-                   v_threshold=_full(shape, neuron.v_threshold), v_reset=_full(shape, 0.0))
-    return node, shape
-
-
-NODES: dict[type, Callable[[Any, tuple[int, ...]], tuple[Any, tuple[int, ...]]]] = {
-    nn.Conv2d: _conv,
-    nn.Linear: _linear,
-    nn.AvgPool2d: _avgpool,
-    nn.Flatten: _flatten,
-    STBPLIF: _stbp_lif,
-}
-SKIPPED = (nn.Dropout,)  # identity at inference
+def input_shift(chain: list[Stage], index: int, T: int) -> float:
+    """The ``V_th / 2T`` input shift of stage ``index + 1`` if that is an IF neuron that adds it."""
+    following = chain[index + 1] if index + 1 < len(chain) else None
+    if isinstance(following, Neuron) and isinstance(following.module, IFNeuron) \
+            and following.module.input_shift:
+        return float(following.module.threshold) / (2 * T)
+    return 0.0
 
 
 @torch.no_grad()
-def to_nir(net: SpikingNet, T: int) -> Any:
-    """The NIR graph of ``net`` (a :class:`SpikingNet` on static inputs), nodes named as the
-    network's layers (``layers.<i>``), a chain ``input -> ... -> output``."""
+def to_nir(net: nn.Module, T: int) -> Any:
+    """The NIR graph of ``net`` (its :func:`~cbpqsnn.deploy.stages.stages`), nodes named as the
+    network's layers (``layers.<i>``, ``layers.<i>.conv1.0`` inside a SEW block)."""
     import nir
 
     shape = tuple(net.in_shape)
     nodes: dict[str, Any] = {"input": nir.Input(input_type={"input": np.array(shape)})}
-    edges, previous = [], "input"
-    for index, layer in enumerate(net.layers):
-        if isinstance(layer, SKIPPED):
-            continue
-        convert = NODES.get(type(layer))
-        if convert is None:
-            raise NotImplementedError(f"no NIR mapping for layer {index} ({type(layer).__name__}); "
-                                      f"mapped: {', '.join(t.__name__ for t in NODES)}")
-        name = f"layers.{index}"
-        nodes[name], shape = convert(layer, shape)
-        edges.append((previous, name))
-        previous = name
+    edges: list[tuple[str, str]] = []
+    sources, gain, spikes = ["input"], 1.0, False  # what feeds the next node; its amplitude
+    kept: dict[str, tuple[list[str], float, bool]] = {}
+
+    def add(name: str, node: Any) -> None:
+        nodes[name] = node
+        edges.extend((source, name) for source in sources)
+        sources[:] = [name]
+
+    chain = stages(net)
+    for index, stage in enumerate(chain):
+        if isinstance(stage, Synapse):
+            s, b = stage.folded()
+            layer = stage.layer
+            weight = layer.weight.detach().double() * gain
+            weight = weight * s.view(-1, *[1] * (weight.dim() - 1))
+            bias = b + input_shift(chain, index, T)
+            if isinstance(layer, nn.Conv2d):
+                add(stage.name, nir.Conv2d(input_shape=np.array(shape[1:]), weight=_array(weight),
+                                           stride=layer.stride, padding=layer.padding,
+                                           dilation=layer.dilation, groups=layer.groups, bias=_array(bias)))
+                shape = tuple(layer(torch.zeros(1, *shape, dtype=layer.weight.dtype)).shape[1:])
+            else:
+                add(stage.name, nir.Affine(weight=_array(weight), bias=_array(bias)))
+                shape = (layer.out_features,)
+            gain, spikes = 1.0, False
+        elif isinstance(stage, Neuron):
+            node, gain = _neuron(stage.module, shape)
+            add(stage.name, node)
+            spikes = True
+        elif isinstance(stage, Pool):
+            pool = stage.module
+            k = _pair(pool.kernel_size)
+            out_shape = (shape[0], shape[1] // k[0], shape[2] // k[1])
+            if isinstance(pool, nn.AvgPool2d):
+                add(stage.name, nir.AvgPool2d(kernel_size=np.array(k), stride=np.array(_pair(pool.stride)),
+                                              padding=np.array(_pair(pool.padding))))
+            elif isinstance(pool, nn.MaxPool2d):
+                if not spikes or _pair(pool.stride) != k or _pair(pool.padding) != (0, 0):
+                    raise NotImplementedError(f"{stage.name}: a max pool maps to NIR only on spikes, "
+                                              "stride = kernel, no padding (SumPool2d + Threshold)")
+                add(stage.name + ".sum", nir.SumPool2d(kernel_size=np.array(k), stride=np.array(k),
+                                                       padding=np.array([0, 0])))
+                add(stage.name, nir.Threshold(threshold=_full(out_shape, 0.5)))
+            else:  # the conversion's fixed pooling conv (depthwise) as a conv with a diagonal
+                # channel mix: NIR's type inference ignores groups
+                bias = pool.bias.detach().double() + input_shift(chain, index, T)
+                depthwise = pool.weight.detach().double()[:, 0] * gain  # [C, k, k]
+                weight = torch.zeros(shape[0], *depthwise.shape, dtype=torch.float64)
+                weight[range(shape[0]), range(shape[0])] = depthwise
+                add(stage.name, nir.Conv2d(input_shape=np.array(shape[1:]), weight=_array(weight),
+                                           stride=(pool.kernel_size,) * 2, padding=(0, 0), dilation=(1, 1),
+                                           groups=1, bias=_array(bias)))
+                gain, spikes = 1.0, False
+            shape = out_shape
+        elif isinstance(stage, Flatten):
+            if stage.module.start_dim != 1 or stage.module.end_dim != -1:
+                raise NotImplementedError("only Flatten(start_dim=1) (flatten every non-batch dimension)")
+            add(stage.name, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1))
+            shape = (int(np.prod(shape)),)
+        elif isinstance(stage, Branch):
+            kept[stage.name] = (list(sources), gain, spikes)
+        else:  # Merge: the block's input joins the branch's output (summed by the next node)
+            kept_sources, kept_gain, _ = kept.pop(stage.name)
+            if kept_gain != gain:
+                raise NotImplementedError(f"{stage.name}: residual branches with different spike amplitudes")
+            sources[:] = sources + kept_sources
+            spikes = False  # a sum of spikes (0, 1, 2)
     nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
-    edges.append((previous, "output"))
-    metadata = {"dt": DT, "time_steps": int(T), "encoding": "direct: the input repeated every step",
-                "readout": "spike count of the output layer", "source": "cbpqsnn"}
+    edges.extend((source, "output") for source in sources)
+    metadata = {"dt": DT, "time_steps": int(T), "encoding": "static input: repeated every step; "
+                "event frames: one per step", "readout": "argmax of the output summed over the steps",
+                "source": "cbpqsnn"}
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)

@@ -1,20 +1,26 @@
 """Pure-NumPy reference inference of an integer deployment artifact (no torch): what a C or FPGA
 implementation follows. The artifact (``model_int.npz``, written by :mod:`cbpqsnn.deploy.integer`)
-is a chain of operations, run once per time step on the same static input:
+is a chain of operations, run once per time step on the same static input (or on that step's event
+frame):
 
 - ``conv`` / ``linear`` with ``codes`` (int8 level codes, binary {-1, 1} / ternary {-1, 0, 1}):
-  ``acc = codes * x`` with integer inputs (spikes, or spike counts after a sum pool) accumulated in
-  int64 -- exact; the layer's scale is folded into the next neuron (see ``lif``);
+  ``acc = codes * x`` with integer inputs (spikes, their sums and maxima, spike counts after a sum
+  pool) accumulated in int64 -- exact; the layer's scale is folded into the next neuron;
 - ``conv`` / ``linear`` with ``weight`` (the FP32 first layer and classifier): float64;
-- ``sumpool``: ``k x k`` sums of spikes (an average pool whose ``1 / k^2`` is folded into the next
-  layer's unit);
-- ``flatten``;
-- ``lif``: ``v[t] = decay v[t-1] (1 - o[t-1]) + acc[t] + bias``, ``o[t] = 1[v[t] > threshold]``
-  (STBP's LIF), with ``bias`` and ``threshold`` divided by the unit ``s`` of the accumulation
-  (``s = a_l / k^2``: the layer's level scale times the preceding pools' factors), so the membrane
-  is ``u / s`` and the spikes are exactly the network's.
+- ``sumpool`` (``k x k`` sums: an average pool's ``1 / k^2`` is folded into the next unit),
+  ``maxpool``, ``flatten``;
+- ``keep`` / ``add``: a residual block's input is kept and added to the block's output;
+- ``neuron``, on the current ``x = acc + bias`` in the unit of the accumulation (bias, threshold
+  and initial potential are divided by it), ``o`` the spikes:
 
-The prediction is the argmax of the output layer's spike count over ``T`` steps.
+  - ``lif`` (STBP): ``v[t] = decay v[t-1] (1 - o[t-1]) + x[t]``, ``o[t] = 1[v[t] > threshold]``;
+  - ``plif`` (surrogate gradient): ``h[t] = v[t-1] + k (x[t] - v[t-1])``, ``o[t] = 1[h[t] >=
+    threshold]``, ``v[t] = h[t] (1 - o[t])``, ``v[-1] = 0``;
+  - ``if`` (converted network): ``h[t] = v[t-1] + x[t]``, ``o[t] = 1[h[t] >= threshold]``,
+    ``v[t] = h[t] - threshold o[t]`` (reset by subtraction), ``v[-1] = v_init``.
+
+The prediction is the argmax of the output summed over ``T`` steps (the output layer's spike
+count, or the FP32 classifier's summed outputs).
 
     python -m cbpqsnn.deploy.numpy_reference model_int.npz inputs.npy   # prints the predictions
 """
@@ -49,6 +55,11 @@ def _sumpool(x: np.ndarray, k: int) -> np.ndarray:
     return x[:, :, : h // k * k, : w // k * k].reshape(b, c, h // k, k, w // k, k).sum(axis=(3, 5))
 
 
+def _maxpool(x: np.ndarray, k: int) -> np.ndarray:
+    b, c, h, w = x.shape
+    return x[:, :, : h // k * k, : w // k * k].reshape(b, c, h // k, k, w // k, k).max(axis=(3, 5))
+
+
 def _affine(op: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     key = op["name"]
     if op["integer"]:
@@ -62,34 +73,62 @@ def _affine(op: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray) ->
     return out if op["integer"] else out + arrays[f"{key}.bias"][None]
 
 
+def _neuron(op: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray,
+            state: dict[str, np.ndarray]) -> np.ndarray:
+    name, model = op["name"], op["model"]
+    current = x + arrays[f"{name}.bias"] if op["bias"] else x.astype(np.float64)
+    threshold = arrays[f"{name}.threshold"]
+    v = state.get(name)
+    if model == "lif":
+        v = current if v is None else op["decay"] * v + current  # v: the membrane after the reset
+        spikes = v > threshold
+        state[name] = np.where(spikes, 0.0, v)
+    elif model == "plif":
+        v = np.zeros_like(current) if v is None else v
+        h = v + op["k"] * (current - v)
+        spikes = h >= threshold
+        state[name] = np.where(spikes, 0.0, h)
+    elif model == "if":
+        if v is None:
+            v = arrays[f"{name}.v_init"] if op["v_init"] else 0.0
+        h = v + current
+        spikes = h >= threshold
+        state[name] = h - threshold * spikes
+    else:
+        raise ValueError(f"unknown neuron model {model!r} in the artifact")
+    return spikes.astype(np.int64)
+
+
 def run(manifest: dict[str, Any], arrays: dict[str, np.ndarray], inputs: np.ndarray) -> np.ndarray:
-    """Spike counts of the output layer, ``[B, classes]`` (int64), for static ``inputs`` ``[B, ...]``."""
-    state: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    counts = None
-    for _ in range(manifest["T"]):
-        x: np.ndarray = inputs
+    """The output summed over the ``T`` steps, ``[B, classes]`` (int64 spike counts, or float64 for
+    an FP32 classifier without a neuron), for static ``inputs`` ``[B, *in_shape]`` or event frames
+    ``[B, T, *in_shape]``."""
+    frames = inputs.ndim == len(manifest["in_shape"]) + 2
+    state: dict[str, np.ndarray] = {}
+    total = None
+    for t in range(manifest["T"]):
+        x: np.ndarray = inputs[:, t] if frames else inputs
+        kept: dict[str, np.ndarray] = {}
         for op in manifest["ops"]:
             kind = op["op"]
             if kind in ("conv", "linear"):
                 x = _affine(op, arrays, x)
             elif kind == "sumpool":
                 x = _sumpool(x, op["kernel"])
+            elif kind == "maxpool":
+                x = _maxpool(x, op["kernel"])
             elif kind == "flatten":
                 x = x.reshape(x.shape[0], -1)
-            elif kind == "lif":
-                current = x + arrays[f"{op['name']}.bias"] if op["bias"] else x.astype(np.float64)
-                if op["name"] in state:
-                    v, o = state[op["name"]]
-                    v = op["decay"] * v * (1 - o) + current
-                else:
-                    v = np.asarray(current, dtype=np.float64)
-                o = (v > arrays[f"{op['name']}.threshold"]).astype(np.int64)
-                state[op["name"]] = (v, o)
-                x = o
+            elif kind == "keep":
+                kept[op["name"]] = x
+            elif kind == "add":
+                x = x + kept.pop(op["name"])
+            elif kind == "neuron":
+                x = _neuron(op, arrays, x, state)
             else:
                 raise ValueError(f"unknown operation {kind!r} in the artifact")
-        counts = x if counts is None else counts + x
-    return counts
+        total = x if total is None else total + x
+    return total
 
 
 def predict(path: str, inputs: np.ndarray) -> np.ndarray:
