@@ -1,4 +1,4 @@
-"""Deployment of the surrogate-gradient and the converted networks: PLIF with a learned tau,
+"""Deployment of the surrogate-gradient, converted and TSSL-BP networks: PLIF with a learned tau,
 batch-norm folded, SEW residual ADDs, max pools over spikes, an analog classifier, event frames;
 IF neurons with reset by subtraction, amplitude, input shift and initial potentials. The NumPy
 integer reference and snnTorch (reading model.nir) against the project's network."""
@@ -149,3 +149,33 @@ def test_integer_units_fold_bn_sign_and_pool_factors():
     widths = integer.bit_widths(manifest, arrays)
     fan_in = int(np.abs(arrays["layers.5.codes"]).reshape(8, -1).sum(1).max())
     assert widths["layers.5"]["accumulator_bits"] == int(np.ceil(np.log2(2 * fan_in + 1))) + 1
+
+
+def tssl_net(levels: str, seed: int = 0):
+    """A small TSSL-BP network: PSP input, conv, scaled sum pool, conv, FC, spiking classifier."""
+    from cbpqsnn.methods.tsslbp import build_tssl_net
+    from cbpqsnn.neurons import TSSLConstants
+
+    torch.manual_seed(seed)
+    model = {"spec": ["C6", "P2", "C8", "P2", "FC12"], "dropout": 0.0, "conv_weight_scale": 5.0,
+             "fc_weight_scale": 1.0}
+    net = build_tssl_net(model, (1, 8, 8), 3, T, TSSLConstants()).eval()
+    names = [n for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    with torch.no_grad():
+        net.layers[-2].weight.uniform_(-0.5, 1.0)  # every output neuron fires for some inputs
+    return net, on_levels(net, names[1:-1], levels)
+
+
+@pytest.mark.parametrize("levels", ["binary", "ternary"])
+def test_tssl_network_runs_the_same_in_snntorch_and_numpy(tmp_path, levels):
+    net, quantized = tssl_net(levels)
+    inputs = torch.randn(24, 1, 8, 8, generator=torch.Generator().manual_seed(3)) * 3
+    ours = check.project_outputs(net, inputs)
+    assert len({tuple(row.round(4)) for row in ours}) > 8
+    info = write_deployment(net, quantized, T, tmp_path)
+    assert info["nir"] == NIR_FILE and info["integer"] == INTEGER_FILE
+    graph = nir.read(str(tmp_path / NIR_FILE))
+    assert isinstance(graph.nodes["layers.2"], nir.CubaLIF)
+    assert_same(ours, check.snntorch_outputs(graph, inputs, T))
+    manifest, arrays = numpy_reference.load(str(tmp_path / INTEGER_FILE))
+    assert_same(ours, check.integer_outputs(manifest, arrays, inputs))

@@ -63,20 +63,25 @@ def snntorch_network(graph: Any) -> torch.nn.Module:
 @torch.no_grad()
 def snntorch_outputs(graph: Any, inputs: torch.Tensor, T: int) -> np.ndarray:
     """The output of ``graph`` run by snnTorch (:func:`snntorch_network`) summed over ``T``
-    steps, one sample at a time (NIR shapes carry no batch dimension)."""
+    steps (after the PSP filter of ``metadata["readout_psp_tau_s"]``, if the graph has one), one
+    sample at a time (NIR shapes carry no batch dimension)."""
     import snntorch.utils
 
     in_shape = tuple(int(d) for d in graph.nodes["input"].input_type["input"])
     frames = _frames(in_shape, inputs)
     net = snntorch_network(graph)
+    tau_s = graph.metadata.get("readout_psp_tau_s")
     totals = []
     for x in inputs:
         snntorch.utils.reset(net)
-        total = 0
+        steps = []
         for t in range(T):
             out = net(x[t] if frames else x)
-            total = total + (out[0] if isinstance(out, tuple) else out)
-        totals.append(total.double().numpy())
+            steps.append((out[0] if isinstance(out, tuple) else out).double().numpy())
+        if tau_s is not None:  # the readout filter the graph's metadata asks for
+            for t in range(len(steps)):
+                steps[t] = steps[t] / tau_s + (1 - 1 / tau_s) * steps[t - 1] if t else steps[t] / tau_s
+        totals.append(np.sum(steps, axis=0))
     return np.stack(totals)
 
 

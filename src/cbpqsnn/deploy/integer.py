@@ -11,8 +11,12 @@ unit ``u_c = a_l f s_c``. The next neuron runs on ``v / u_c``: bias ``b_c / u_c`
 ``V_th / u_c``, initial potential ``v_0 / u_c``, the same decay -- the same spikes, with no
 multiplication in the quantized layers. A channel with ``s_c < 0`` has its codes negated (so
 ``u_c > 0`` and the threshold test keeps its direction); one with ``s_c = 0`` gets zero codes.
-The first layer and the classifier stay FP32 (``cbp.md`` section 1), as float weights (the BN and
-``f`` folded in); the conversion's fixed pooling conv is a sum pool with a per-channel unit.
+TSSL-BP's PSP filters (of the input and of every neuron's spikes) commute with the bias-free
+layers between two neurons: each moves onto the next neuron's accumulated current (a synaptic
+filter, ``synapse_tau_s``), so the quantized layers still accumulate spikes; the ``1.1`` of its
+scaled sum pools joins ``f``. The first layer and the classifier stay FP32 (``cbp.md`` section
+1), as float weights (the BN and ``f`` folded in); the conversion's fixed pooling conv is a sum
+pool with a per-channel unit.
 
 Bits (:func:`bit_widths`): an accumulator holds at most ``sum |C| x_max`` over a neuron's fan-in
 (``x_max`` = 1 for spikes, ``k^2`` after a sum pool, the sum of both branches' after an ADD):
@@ -35,8 +39,9 @@ from torch import Tensor, nn
 
 from cbpqsnn.conversion.network import AvgPoolConv
 from cbpqsnn.deploy.nir_export import input_shift
-from cbpqsnn.deploy.stages import Branch, Flatten, Merge, Neuron, Pool, Synapse, stages
-from cbpqsnn.neurons import STBPLIF, IFNeuron, MultiStepNeuron, ParametricLIF
+from cbpqsnn.deploy.stages import Branch, Flatten, Merge, Neuron, Pool, Synapse, Trace, stages
+from cbpqsnn.nets.tssl_layers import ScaledSumPool
+from cbpqsnn.neurons import STBPLIF, IFNeuron, MultiStepNeuron, ParametricLIF, TSSLNeuron
 
 INTEGER_FACTORS = ((-1.0, 1.0), (-1.0, 0.0, 1.0))  # binary, ternary: codes are the factors
 
@@ -55,6 +60,9 @@ def _codes(weight: Tensor, levels: Tensor) -> tuple[np.ndarray, float]:
 
 def _neuron_op(neuron: MultiStepNeuron, name: str) -> tuple[dict[str, Any], float, float]:
     """The neuron's operation (without its arrays), its threshold and its spike amplitude."""
+    if isinstance(neuron, TSSLNeuron):  # its input PSP filter is added by build (synapse_tau_s)
+        c = neuron.constants
+        return {"op": "neuron", "name": name, "model": "lif", "decay": 1 - 1 / c.tau_m}, c.v_threshold, 1.0
     if isinstance(neuron, STBPLIF):
         return {"op": "neuron", "name": name, "model": "lif", "decay": neuron.decay}, neuron.v_threshold, 1.0
     if isinstance(neuron, ParametricLIF):
@@ -78,6 +86,7 @@ def build(net: nn.Module, levels: dict[str, Tensor], T: int) -> tuple[dict[str, 
     unit: np.ndarray | None = None  # pending per-channel unit and bias, folded into the next neuron
     bias: np.ndarray | None = None
     kept: dict[str, float] = {}
+    psp: float | None = None  # TSSL-BP: the PSP filter the next neuron's current carries
     chain = stages(net)
     for index, stage in enumerate(chain):
         name = stage.name
@@ -92,6 +101,8 @@ def build(net: nn.Module, levels: dict[str, Tensor], T: int) -> tuple[dict[str, 
                 op.update(stride=layer.stride[0], padding=layer.padding[0])
             s, b = (t.numpy() for t in stage.folded())
             b = b + input_shift(chain, index, T)
+            if psp is not None and bool(np.abs(b).sum()):
+                raise NotImplementedError(f"{name}: a bias after a PSP filter (it does not commute)")
             if op["integer"]:
                 codes, scale = _codes(layer.weight, levels[name])
                 sign = np.sign(s).reshape(-1, *[1] * (codes.ndim - 1)).astype(np.int8)
@@ -120,8 +131,12 @@ def build(net: nn.Module, levels: dict[str, Tensor], T: int) -> tuple[dict[str, 
                     raise NotImplementedError(f"{name}: a pooling conv with unequal weights in a channel")
                 unit = weight[:, 0] * factor
                 bias = pool.bias.detach().double().numpy() + input_shift(chain, index, T)
+            elif isinstance(pool, ScaledSumPool):
+                factor *= pool.scale
             else:
                 factor /= k * k
+        elif isinstance(stage, Trace):
+            psp = stage.tau_s
         elif isinstance(stage, Flatten):
             ops.append({"op": "flatten", "name": name})
         elif isinstance(stage, Neuron):
@@ -134,7 +149,13 @@ def build(net: nn.Module, levels: dict[str, Tensor], T: int) -> tuple[dict[str, 
             if isinstance(stage.module, IFNeuron) and bool(stage.module.v_init.abs().sum()):
                 arrays[f"{name}.v_init"] = stage.module.v_init.detach().double().numpy() / scale
             op.update(bias=bias is not None, v_init=f"{name}.v_init" in arrays)
+            if psp is not None:
+                if not isinstance(stage.module, TSSLNeuron):
+                    raise NotImplementedError(f"{name}: a PSP-filtered current into a "
+                                              f"{type(stage.module).__name__}")
+                op["synapse_tau_s"] = psp
             ops.append(op)
+            psp = stage.module.constants.tau_s if isinstance(stage.module, TSSLNeuron) else None
             factor, unit, bias = amplitude, None, None
         elif isinstance(stage, Branch):
             kept[name] = factor
@@ -143,6 +164,8 @@ def build(net: nn.Module, levels: dict[str, Tensor], T: int) -> tuple[dict[str, 
             if kept.pop(name) != factor:
                 raise NotImplementedError(f"{name}: residual branches of different spike amplitudes")
             ops.append({"op": "add", "name": name})
+    if psp is not None:  # TSSL-BP's readout: the output spikes' PSP traces
+        ops.append({"op": "trace", "name": "readout", "tau_s": psp})
     return {"T": int(T), "in_shape": list(net.in_shape), "ops": ops}, arrays
 
 

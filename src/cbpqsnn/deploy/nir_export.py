@@ -29,6 +29,14 @@ the project's network:
   ``nn.MaxPool2d`` over spikes -> ``nir.SumPool2d`` then ``nir.Threshold(0.5)``
   (the maximum of 0/1 values is 1 exactly when their sum is >= 1; exact, and refused on inputs that
   are not spikes); ``nn.Flatten`` -> ``nir.Flatten`` (dimensions without the batch); dropout dropped.
+- TSSL-BP's neuron (LIF with reset to 0, ``1 - 1/tau_m`` leak, output = the PSP trace of its spikes,
+  ``a[t] = (1 - 1/tau_s) a[t-1] + s[t] / tau_s``; the input is PSP-filtered too): the layers between
+  two neurons are linear and bias-free, so the PSP filter moves past them onto the next neuron's
+  current -- a ``nir.CubaLIF`` (``tau_syn = dt tau_s``, ``w_in = 1``: gain ``1/tau_s``; ``tau_mem =
+  dt tau_m``, ``r = tau_m``: gain 1) fed by spikes. The output neuron's trace is the readout: the
+  graph outputs spikes and ``metadata["readout_psp_tau_s"]`` says to filter them before summing.
+  ``ScaledSumPool`` -> ``nir.SumPool2d`` with its 1.1 folded into the next weights. Exact in
+  arithmetic (the filter commutes with linear maps); float rounding differs.
 - A SEW block's ADD connect is two edges into the next node (NIR sums a node's inputs).
 - A static image is the input current at every step (direct encoding): the simulator is fed the
   same image ``T`` times; event frames are fed one per step. The class is the argmax of the output
@@ -46,8 +54,9 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from cbpqsnn.deploy.stages import Branch, Flatten, Neuron, Pool, Stage, Synapse, stages
-from cbpqsnn.neurons import STBPLIF, IFNeuron, MultiStepNeuron, ParametricLIF
+from cbpqsnn.deploy.stages import Branch, Flatten, Neuron, Pool, Stage, Synapse, Trace, stages
+from cbpqsnn.nets.tssl_layers import ScaledSumPool
+from cbpqsnn.neurons import STBPLIF, IFNeuron, MultiStepNeuron, ParametricLIF, TSSLNeuron
 
 DT = 1e-4  # the simulator time step every node is written for (snnTorch's importer assumes it)
 
@@ -60,9 +69,22 @@ def _full(shape: tuple[int, ...], value: float) -> np.ndarray:
     return np.full(shape, value, dtype=np.float32)
 
 
-def _neuron(neuron: MultiStepNeuron, shape: tuple[int, ...]) -> tuple[Any, float]:
-    """The NIR node of ``neuron`` and its spike amplitude (what the next layer's weights absorb)."""
+def _neuron(neuron: MultiStepNeuron, shape: tuple[int, ...], psp: float | None) -> tuple[Any, float]:
+    """The NIR node of ``neuron`` and its spike amplitude (what the next layer's weights absorb);
+    ``psp``: the PSP time constant of the current it receives (TSSL-BP), else None."""
     import nir
+
+    if isinstance(neuron, TSSLNeuron):
+        c = neuron.constants
+        if psp is None:
+            raise NotImplementedError("a TSSL-BP neuron without a PSP-filtered input")
+        # the PSP of the previous layer's spikes, moved past the (bias-free) synapse: the current
+        return nir.CubaLIF(tau_syn=_full(shape, DT * psp), tau_mem=_full(shape, DT * c.tau_m),
+                           r=_full(shape, c.tau_m), v_leak=_full(shape, 0.0),
+                           v_threshold=_full(shape, c.v_threshold), v_reset=_full(shape, 0.0),
+                           w_in=_full(shape, 1.0)), 1.0
+    if psp is not None:
+        raise NotImplementedError(f"a PSP-filtered current into {type(neuron).__name__}")
 
     def lif(tau: float, r: float, v_threshold: float, v_rest: float) -> Any:
         return nir.LIF(tau=_full(shape, tau), r=_full(shape, r), v_leak=_full(shape, v_rest),
@@ -79,7 +101,7 @@ def _neuron(neuron: MultiStepNeuron, shape: tuple[int, ...]) -> tuple[Any, float
         return nir.IF(r=_full(shape, 1.0), v_threshold=_full(shape, threshold),
                       v_reset=_full(shape, 0.0)), threshold
     raise NotImplementedError(f"no NIR mapping for the neuron {type(neuron).__name__}; "
-                              "mapped: STBPLIF, ParametricLIF, IFNeuron")
+                              "mapped: STBPLIF, ParametricLIF, IFNeuron, TSSLNeuron")
 
 
 def input_shift(chain: list[Stage], index: int, T: int) -> float:
@@ -101,6 +123,7 @@ def to_nir(net: nn.Module, T: int) -> Any:
     nodes: dict[str, Any] = {"input": nir.Input(input_type={"input": np.array(shape)})}
     edges: list[tuple[str, str]] = []
     sources, gain, spikes = ["input"], 1.0, False  # what feeds the next node; its amplitude
+    psp: float | None = None  # TSSL-BP: the PSP filter the next neuron's current carries
     kept: dict[str, tuple[list[str], float, bool]] = {}
 
     def add(name: str, node: Any) -> None:
@@ -113,6 +136,8 @@ def to_nir(net: nn.Module, T: int) -> Any:
         if isinstance(stage, Synapse):
             s, b = stage.folded()
             layer = stage.layer
+            if psp is not None and bool(b.abs().sum()):
+                raise NotImplementedError(f"{stage.name}: a bias after a PSP filter (it does not commute)")
             weight = layer.weight.detach().double() * gain
             weight = weight * s.view(-1, *[1] * (weight.dim() - 1))
             bias = b + input_shift(chain, index, T)
@@ -126,9 +151,12 @@ def to_nir(net: nn.Module, T: int) -> Any:
                 shape = (layer.out_features,)
             gain, spikes = 1.0, False
         elif isinstance(stage, Neuron):
-            node, gain = _neuron(stage.module, shape)
+            node, gain = _neuron(stage.module, shape, psp)
             add(stage.name, node)
             spikes = True
+            psp = stage.module.constants.tau_s if isinstance(stage.module, TSSLNeuron) else None
+        elif isinstance(stage, Trace):
+            psp = stage.tau_s
         elif isinstance(stage, Pool):
             pool = stage.module
             k = _pair(pool.kernel_size)
@@ -136,6 +164,10 @@ def to_nir(net: nn.Module, T: int) -> Any:
             if isinstance(pool, nn.AvgPool2d):
                 add(stage.name, nir.AvgPool2d(kernel_size=np.array(k), stride=np.array(_pair(pool.stride)),
                                               padding=np.array(_pair(pool.padding))))
+            elif isinstance(pool, ScaledSumPool):  # TSSL-BP: scale x window sum, the scale folded
+                add(stage.name, nir.SumPool2d(kernel_size=np.array(k), stride=np.array(k),
+                                              padding=np.array([0, 0])))
+                gain *= pool.scale
             elif isinstance(pool, nn.MaxPool2d):
                 if not spikes or _pair(pool.stride) != k or _pair(pool.padding) != (0, 0):
                     raise NotImplementedError(f"{stage.name}: a max pool maps to NIR only on spikes, "
@@ -172,4 +204,6 @@ def to_nir(net: nn.Module, T: int) -> Any:
     metadata = {"dt": DT, "time_steps": int(T), "encoding": "static input: repeated every step; "
                 "event frames: one per step", "readout": "argmax of the output summed over the steps",
                 "source": "cbpqsnn"}
+    if psp is not None:  # TSSL-BP reads out the output spikes' PSP traces, summed
+        metadata["readout_psp_tau_s"] = psp
     return nir.NIRGraph(nodes=nodes, edges=edges, metadata=metadata)

@@ -9,6 +9,7 @@ frame):
 - ``conv`` / ``linear`` with ``weight`` (the FP32 first layer and classifier): float64;
 - ``sumpool`` (``k x k`` sums: an average pool's ``1 / k^2`` is folded into the next unit),
   ``maxpool``, ``flatten``;
+- ``trace``: the PSP filter of the output spikes (TSSL-BP's readout);
 - ``keep`` / ``add``: a residual block's input is kept and added to the block's output;
 - ``neuron``, on the current ``x = acc + bias`` in the unit of the accumulation (bias, threshold
   and initial potential are divided by it), ``o`` the spikes:
@@ -16,6 +17,8 @@ frame):
   - ``lif`` (STBP): ``v[t] = decay v[t-1] (1 - o[t-1]) + x[t]``, ``o[t] = 1[v[t] > threshold]``;
   - ``plif`` (surrogate gradient): ``h[t] = v[t-1] + k (x[t] - v[t-1])``, ``o[t] = 1[h[t] >=
     threshold]``, ``v[t] = h[t] (1 - o[t])``, ``v[-1] = 0``;
+  - with ``synapse_tau_s`` (TSSL-BP), ``x`` first passes the PSP filter ``i[t] = (1 - 1/tau_s)
+    i[t-1] + x[t] / tau_s`` (the previous layer's trace, moved past the linear layers);
   - ``if`` (converted network): ``h[t] = v[t-1] + x[t]``, ``o[t] = 1[h[t] >= threshold]``,
     ``v[t] = h[t] - threshold o[t]`` (reset by subtraction), ``v[-1] = v_init``.
 
@@ -73,10 +76,19 @@ def _affine(op: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray) ->
     return out if op["integer"] else out + arrays[f"{key}.bias"][None]
 
 
+def _trace(key: str, tau_s: float, x: np.ndarray, state: dict[str, np.ndarray]) -> np.ndarray:
+    """``a[t] = (1 - 1/tau_s) a[t-1] + x[t] / tau_s``, ``a[-1] = 0``."""
+    a = x / tau_s if key not in state else (1 - 1 / tau_s) * state[key] + x / tau_s
+    state[key] = a
+    return a
+
+
 def _neuron(op: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray,
             state: dict[str, np.ndarray]) -> np.ndarray:
     name, model = op["name"], op["model"]
     current = x + arrays[f"{name}.bias"] if op["bias"] else x.astype(np.float64)
+    if op.get("synapse_tau_s"):  # TSSL-BP: the PSP-filtered current
+        current = _trace(f"{name}.synapse", op["synapse_tau_s"], current, state)
     threshold = arrays[f"{name}.threshold"]
     v = state.get(name)
     if model == "lif":
@@ -125,6 +137,8 @@ def run(manifest: dict[str, Any], arrays: dict[str, np.ndarray], inputs: np.ndar
                 x = x + kept.pop(op["name"])
             elif kind == "neuron":
                 x = _neuron(op, arrays, x, state)
+            elif kind == "trace":
+                x = _trace(op["name"], op["tau_s"], x.astype(np.float64), state)
             else:
                 raise ValueError(f"unknown operation {kind!r} in the artifact")
         total = x if total is None else total + x

@@ -3,7 +3,8 @@ artifact) walk, in the order the network runs them.
 
 - :class:`Synapse`: a conv / linear layer with the batch-norm that follows it (inference BN is a
   per-channel affine map, folded: ``y = s (W x) + b``);
-- :class:`Neuron`, :class:`Pool`, :class:`Flatten`: one layer each;
+- :class:`Neuron`, :class:`Pool`, :class:`Flatten`: one layer each; :class:`Trace`: TSSL-BP's PSP
+  filter of the input;
 - :class:`Branch` / :class:`Merge`: a SEW block's residual (ADD connect): the block's input is kept
   at ``Branch`` and added to the branch's output at ``Merge``.
 
@@ -21,6 +22,7 @@ from torch import Tensor, nn
 
 from cbpqsnn.conversion.network import AvgPoolConv
 from cbpqsnn.nets.sew import SEWBlock
+from cbpqsnn.nets.tssl_layers import PSPInput, ScaledSumPool, TimeSharedDropout
 from cbpqsnn.neurons import MultiStepNeuron
 
 
@@ -66,6 +68,14 @@ class Flatten:
 
 
 @dataclass(frozen=True)
+class Trace:
+    """TSSL-BP's PSP filter of the network input, ``a[t] = (1 - 1/tau_s) a[t-1] + x[t] / tau_s``."""
+
+    name: str
+    tau_s: float
+
+
+@dataclass(frozen=True)
 class Branch:
     name: str
 
@@ -75,7 +85,7 @@ class Merge:
     name: str
 
 
-Stage = Synapse | Neuron | Pool | Flatten | Branch | Merge
+Stage = Synapse | Neuron | Pool | Flatten | Trace | Branch | Merge
 
 
 def _sequence(modules: list[tuple[str, nn.Module]]) -> list[Stage]:
@@ -84,8 +94,10 @@ def _sequence(modules: list[tuple[str, nn.Module]]) -> list[Stage]:
     while i < len(modules):
         name, module = modules[i]
         following = modules[i + 1][1] if i + 1 < len(modules) else None
-        if isinstance(module, nn.Dropout):
+        if isinstance(module, nn.Dropout | TimeSharedDropout):
             pass
+        elif isinstance(module, PSPInput):
+            out.append(Trace(name, module.tau_s))
         elif isinstance(module, (nn.Conv2d, nn.Linear)):
             if isinstance(following, nn.BatchNorm2d):
                 out.append(Synapse(name, module, following))
@@ -101,14 +113,15 @@ def _sequence(modules: list[tuple[str, nn.Module]]) -> list[Stage]:
             out += [Branch(name), *_sequence(expanded), Merge(name)]
         elif isinstance(module, MultiStepNeuron):
             out.append(Neuron(name, module))
-        elif isinstance(module, (nn.AvgPool2d, nn.MaxPool2d, AvgPoolConv)):
+        elif isinstance(module, (nn.AvgPool2d, nn.MaxPool2d, AvgPoolConv, ScaledSumPool)):
             out.append(Pool(name, module))
         elif isinstance(module, nn.Flatten):
             out.append(Flatten(name, module))
         else:
             raise NotImplementedError(f"no deployment mapping for layer {name} ({type(module).__name__}); "
                                       "mapped: Conv2d / Linear [+ BatchNorm2d], AvgPool2d, MaxPool2d, "
-                                      "AvgPoolConv, Flatten, Dropout, SEW blocks, spiking neurons")
+                                      "AvgPoolConv, ScaledSumPool, PSPInput, Flatten, Dropout, SEW blocks, "
+                                      "spiking neurons")
         i += 1
     return out
 
