@@ -57,29 +57,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def check(run_dir: Path, net, datamodule, T: int, info: dict, limit: int) -> dict:
-    import nir
     import torch
 
-    from cbpqsnn.deploy import check as deploy_check
-    from cbpqsnn.deploy import numpy_reference
+    from cbpqsnn.deploy.check import check_run
 
     datamodule.setup("test")
-    inputs = torch.cat([x for x, _ in datamodule.test_dataloader()])
-    inputs = inputs[:limit] if limit else inputs
-    reference = deploy_check.project_outputs(net, inputs)
-    result: dict = {"samples": len(inputs)}
-    if info.get("nir") == "model.nir":
-        graph = nir.read(str(run_dir / "model.nir"))
-        try:
-            result["snntorch_vs_project"] = deploy_check.agreement(
-                reference, deploy_check.snntorch_outputs(graph, inputs, T))
-        except NotImplementedError as err:
-            result["snntorch_vs_project"] = f"not run: {err}"
-    if info.get("integer") == "model_int.npz":
-        manifest, arrays = numpy_reference.load(str(run_dir / "model_int.npz"))
-        result["numpy_integer_vs_project"] = deploy_check.agreement(
-            reference, deploy_check.integer_outputs(manifest, arrays, inputs))
-    return result
+    batches = list(datamodule.test_dataloader())
+    inputs, labels = torch.cat([x for x, _ in batches]), torch.cat([y for _, y in batches])
+    if limit:
+        inputs, labels = inputs[:limit], labels[:limit]
+    return check_run(run_dir, net, inputs, labels, T, info)
 
 
 if __name__ == "__main__":

@@ -125,6 +125,9 @@ def test_converted_network_runs_the_same_in_numpy_and_snntorch_refuses_nir_if(tm
     manifest, arrays = numpy_reference.load(str(tmp_path / INTEGER_FILE))
     assert_same(ours, check.integer_outputs(manifest, arrays, inputs))
     assert any(k.endswith(".v_init") for k in arrays)
+    # NIR's IF semantics (reset to 0, no initial potential) in the same reference: other outputs
+    nir_if = check.integer_outputs(check.with_nir_if_semantics(manifest), arrays, inputs)
+    assert check.agreement(ours, nir_if)["same_outputs"] < 50.0
     graph = nir.read(str(tmp_path / NIR_FILE))
     assert isinstance(graph.nodes["layers.1"], nir.IF)
     assert np.allclose(graph.nodes["layers.1"].v_threshold, 0.7)

@@ -131,6 +131,8 @@ def test_export_cli_writes_the_deployment_files_and_checks_them(run_dir: Path) -
     assert (run_dir / "model.nir").is_file() and (run_dir / "model_int.npz").is_file()
     result = json.loads((run_dir / "deploy_check.json").read_text())
     assert result["samples"] == 40
+    accuracy = result["accuracy"]
+    assert accuracy["project"] == accuracy["snntorch"] == accuracy["numpy_integer"]
     for key in ("snntorch_vs_project", "numpy_integer_vs_project"):
         assert result[key] == {"same_prediction": 100.0, "same_outputs": 100.0}, key
     assert cli.main([str(run_dir / "nothing")]) == 1

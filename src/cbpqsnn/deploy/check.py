@@ -8,6 +8,7 @@ event frames ``[B, T, *in_shape]`` (one per step)."""
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -88,6 +89,43 @@ def snntorch_outputs(graph: Any, inputs: torch.Tensor, T: int) -> np.ndarray:
 def integer_outputs(manifest: dict[str, Any], arrays: dict[str, np.ndarray],
                     inputs: torch.Tensor) -> np.ndarray:
     return numpy_reference.run(manifest, arrays, inputs.numpy())
+
+
+def with_nir_if_semantics(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The artifact's operations with every IF neuron as NIR's ``IF`` defines it: reset to 0 after
+    a spike (not by subtraction) and no initial potential -- what any NIR simulator computes."""
+    ops = [dict(op, reset="zero", v_init=False) if op.get("model") == "if" else op for op in manifest["ops"]]
+    return {**manifest, "ops": ops}
+
+
+def check_run(run_dir: Path, net: torch.nn.Module, inputs: torch.Tensor, labels: torch.Tensor, T: int,
+              info: dict[str, Any]) -> dict[str, Any]:
+    """``src/export.py --check``: every implementation of the run's deployment files against the
+    project's network on ``inputs`` (agreement, :func:`agreement`) and each one's accuracy."""
+    import nir
+
+    reference = project_outputs(net, inputs)
+    truth = labels.numpy()
+    accuracy = {"project": 100.0 * float((reference.argmax(1) == truth).mean())}
+    result: dict[str, Any] = {"samples": len(inputs), "accuracy": accuracy}
+
+    def compare(key: str, outputs: np.ndarray) -> None:
+        result[f"{key}_vs_project"] = agreement(reference, outputs)
+        accuracy[key] = 100.0 * float((outputs.argmax(1) == truth).mean())
+
+    if info.get("nir") == "model.nir":
+        graph = nir.read(str(run_dir / "model.nir"))
+        try:
+            compare("snntorch", snntorch_outputs(graph, inputs, T))
+        except NotImplementedError as err:
+            result["snntorch_vs_project"] = f"not run: {err}"
+    if info.get("integer") == "model_int.npz":
+        manifest, arrays = numpy_reference.load(str(run_dir / "model_int.npz"))
+        compare("numpy_integer", integer_outputs(manifest, arrays, inputs))
+        if any(op.get("model") == "if" for op in manifest["ops"]):  # what NIR's IF would cost
+            nir_if = with_nir_if_semantics(manifest)
+            compare("numpy_nir_if_semantics", integer_outputs(nir_if, arrays, inputs))
+    return result
 
 
 def agreement(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:

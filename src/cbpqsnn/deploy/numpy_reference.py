@@ -20,7 +20,8 @@ frame):
   - with ``synapse_tau_s`` (TSSL-BP), ``x`` first passes the PSP filter ``i[t] = (1 - 1/tau_s)
     i[t-1] + x[t] / tau_s`` (the previous layer's trace, moved past the linear layers);
   - ``if`` (converted network): ``h[t] = v[t-1] + x[t]``, ``o[t] = 1[h[t] >= threshold]``,
-    ``v[t] = h[t] - threshold o[t]`` (reset by subtraction), ``v[-1] = v_init``.
+    ``v[t] = h[t] - threshold o[t]`` (reset by subtraction; ``reset: "zero"``: ``v[t] = h[t] (1 -
+    o[t])``, NIR's IF), ``v[-1] = v_init``.
 
 The prediction is the argmax of the output summed over ``T`` steps (the output layer's spike
 count, or the FP32 classifier's summed outputs).
@@ -105,7 +106,8 @@ def _neuron(op: dict[str, Any], arrays: dict[str, np.ndarray], x: np.ndarray,
             v = arrays[f"{name}.v_init"] if op["v_init"] else 0.0
         h = v + current
         spikes = h >= threshold
-        state[name] = h - threshold * spikes
+        subtract = op.get("reset", "subtract") == "subtract"
+        state[name] = h - threshold * spikes if subtract else np.where(spikes, 0.0, h)
     else:
         raise ValueError(f"unknown neuron model {model!r} in the artifact")
     return spikes.astype(np.int64)
