@@ -26,9 +26,11 @@ the project's network:
   + eps)``: the weights of a quantized layer become per-channel multiples of its codes);
   ``nn.AvgPool2d`` -> ``nir.AvgPool2d``; the conversion's fixed pooling conv -> a ``nir.Conv2d``
   (depthwise written as a diagonal channel mix: NIR's shape inference ignores ``groups``);
-  ``nn.MaxPool2d`` over spikes -> ``nir.SumPool2d`` then ``nir.Threshold(0.5)``
-  (the maximum of 0/1 values is 1 exactly when their sum is >= 1; exact, and refused on inputs that
-  are not spikes); ``nn.Flatten`` -> ``nir.Flatten`` (dimensions without the batch); dropout dropped.
+  ``nn.MaxPool2d`` over spikes or sums of spikes (integers ``0 .. m``, ``m`` growing by one per SEW
+  ADD) -> for each ``j = 1 .. m`` ``nir.Threshold(j - 0.5)``, ``nir.SumPool2d``, ``nir.Threshold(0.5)``,
+  summed by the next node: ``max = sum_j 1[some value in the window >= j]`` (exact; refused on
+  inputs that are not integers); ``nn.Flatten`` -> ``nir.Flatten`` (dimensions without the batch);
+  dropout dropped.
 - TSSL-BP's neuron (LIF with reset to 0, ``1 - 1/tau_m`` leak, output = the PSP trace of its spikes,
   ``a[t] = (1 - 1/tau_s) a[t-1] + s[t] / tau_s``; the input is PSP-filtered too): the layers between
   two neurons are linear and bias-free, so the PSP filter moves past them onto the next neuron's
@@ -122,9 +124,11 @@ def to_nir(net: nn.Module, T: int) -> Any:
     shape = tuple(net.in_shape)
     nodes: dict[str, Any] = {"input": nir.Input(input_type={"input": np.array(shape)})}
     edges: list[tuple[str, str]] = []
-    sources, gain, spikes = ["input"], 1.0, False  # what feeds the next node; its amplitude
+    # what feeds the next node (summed); its amplitude; the largest integer its values reach in
+    # units of the amplitude (1: spikes; a SEW sum of spikes reaches 2), None if not integers
+    sources, gain, top = ["input"], 1.0, None
     psp: float | None = None  # TSSL-BP: the PSP filter the next neuron's current carries
-    kept: dict[str, tuple[list[str], float, bool]] = {}
+    kept: dict[str, tuple[list[str], float, int | None]] = {}
 
     def add(name: str, node: Any) -> None:
         nodes[name] = node
@@ -149,11 +153,11 @@ def to_nir(net: nn.Module, T: int) -> Any:
             else:
                 add(stage.name, nir.Affine(weight=_array(weight), bias=_array(bias)))
                 shape = (layer.out_features,)
-            gain, spikes = 1.0, False
+            gain, top = 1.0, None
         elif isinstance(stage, Neuron):
             node, gain = _neuron(stage.module, shape, psp)
             add(stage.name, node)
-            spikes = True
+            top = 1
             psp = stage.module.constants.tau_s if isinstance(stage.module, TSSLNeuron) else None
         elif isinstance(stage, Trace):
             psp = stage.tau_s
@@ -169,12 +173,20 @@ def to_nir(net: nn.Module, T: int) -> Any:
                                               padding=np.array([0, 0])))
                 gain *= pool.scale
             elif isinstance(pool, nn.MaxPool2d):
-                if not spikes or _pair(pool.stride) != k or _pair(pool.padding) != (0, 0):
-                    raise NotImplementedError(f"{stage.name}: a max pool maps to NIR only on spikes, "
-                                              "stride = kernel, no padding (SumPool2d + Threshold)")
-                add(stage.name + ".sum", nir.SumPool2d(kernel_size=np.array(k), stride=np.array(k),
-                                                       padding=np.array([0, 0])))
-                add(stage.name, nir.Threshold(threshold=_full(out_shape, 0.5)))
+                if top is None or _pair(pool.stride) != k or _pair(pool.padding) != (0, 0):
+                    raise NotImplementedError(f"{stage.name}: a max pool maps to NIR only on spikes or "
+                                              "sums of spikes, stride = kernel, no padding")
+                # max over a window of integers 0..top = sum_j 1[some value >= j], j = 1..top
+                inputs, sources[:] = list(sources), []
+                for j in range(1, top + 1):
+                    level = f"{stage.name}.ge{j}"
+                    nodes[level] = nir.Threshold(threshold=_full(shape, j - 0.5))
+                    nodes[level + ".sum"] = nir.SumPool2d(kernel_size=np.array(k), stride=np.array(k),
+                                                          padding=np.array([0, 0]))
+                    nodes[level + ".any"] = nir.Threshold(threshold=_full(out_shape, 0.5))
+                    edges.extend([*((source, level) for source in inputs), (level, level + ".sum"),
+                                  (level + ".sum", level + ".any")])
+                    sources.append(level + ".any")
             else:  # the conversion's fixed pooling conv (depthwise) as a conv with a diagonal
                 # channel mix: NIR's type inference ignores groups
                 bias = pool.bias.detach().double() + input_shift(chain, index, T)
@@ -184,7 +196,9 @@ def to_nir(net: nn.Module, T: int) -> Any:
                 add(stage.name, nir.Conv2d(input_shape=np.array(shape[1:]), weight=_array(weight),
                                            stride=(pool.kernel_size,) * 2, padding=(0, 0), dilation=(1, 1),
                                            groups=1, bias=_array(bias)))
-                gain, spikes = 1.0, False
+                gain = 1.0
+            if not isinstance(pool, nn.MaxPool2d):
+                top = None
             shape = out_shape
         elif isinstance(stage, Flatten):
             if stage.module.start_dim != 1 or stage.module.end_dim != -1:
@@ -192,13 +206,13 @@ def to_nir(net: nn.Module, T: int) -> Any:
             add(stage.name, nir.Flatten(input_type={"input": np.array(shape)}, start_dim=0, end_dim=-1))
             shape = (int(np.prod(shape)),)
         elif isinstance(stage, Branch):
-            kept[stage.name] = (list(sources), gain, spikes)
+            kept[stage.name] = (list(sources), gain, top)
         else:  # Merge: the block's input joins the branch's output (summed by the next node)
-            kept_sources, kept_gain, _ = kept.pop(stage.name)
+            kept_sources, kept_gain, kept_top = kept.pop(stage.name)
             if kept_gain != gain:
                 raise NotImplementedError(f"{stage.name}: residual branches with different spike amplitudes")
             sources[:] = sources + kept_sources
-            spikes = False  # a sum of spikes (0, 1, 2)
+            top = top + kept_top if top is not None and kept_top is not None else None
     nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
     edges.extend((source, "output") for source in sources)
     metadata = {"dt": DT, "time_steps": int(T), "encoding": "static input: repeated every step; "
