@@ -18,7 +18,8 @@ stateless layers in ``SeqToANNContainer``) and ``snntorch`` (``Leaky(beta=0.5,
 reset_mechanism="zero", atan)`` stepped over T; its tutorials step the whole network instead, but
 batch norm over one step's batch is another function than over all T steps' samples). On request
 (``--columns``): ``project_step_loop``, the project's neuron run by its step-by-step definition
-(what the fused kernel replaces).
+(what the fused kernel replaces), and ``layers_only``, a floor (not the same function, not checked):
+every neuron a stateless threshold, i.e. the cost of the layers alone.
 
 A step is forward, loss, backward and an SGD step. Every column runs in its own process (the
 peers are the optional ``bench`` extra); each process warms up, then times ``--repeats`` x
@@ -188,8 +189,21 @@ class SnnTorch(nn.Module):
         return x
 
 
+class LayersOnly(Project):
+    """A floor, not the same function: each neuron replaced by a stateless threshold of its input
+    current (one operation over all T steps, no membrane, no time loop). What a step costs in the
+    layers alone: no neuron implementation can make the step faster than this."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block, pool in zip(self.blocks, self.pools, strict=True):
+            x = _ATanSpike.apply(merged(block, x) - THRESHOLD)
+            x = merged(pool, x) if pool is not None else x
+        return x
+
+
 COLUMNS = {"plain": Plain, "project": Project, "spikingjelly": SpikingJelly, "snntorch": SnnTorch,
-           "project_step_loop": ProjectStepLoop}
+           "project_step_loop": ProjectStepLoop, "layers_only": LayersOnly}
+FLOORS = {"layers_only"}  # timed, not checked: another function
 
 
 def loss_of(out: Tensor, target: Tensor) -> Tensor:
@@ -201,7 +215,7 @@ def check(workload: str, columns: list[str]) -> dict[str, float]:
     """Every column computes the plain loop's function: spikes equal, gradients close."""
     x, y = data(workload)
     results = {}
-    for name in ["plain", *[c for c in columns if c != "plain"]]:
+    for name in ["plain", *[c for c in columns if c != "plain" and c not in FLOORS]]:
         net = COLUMNS[name](workload)
         x_in = x.clone().requires_grad_(True)
         out = net(x_in)
