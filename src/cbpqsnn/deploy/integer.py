@@ -74,7 +74,7 @@ def _neuron_op(neuron: MultiStepNeuron, name: str) -> tuple[dict[str, Any], floa
         threshold = float(neuron.threshold)
         return {"op": "neuron", "name": name, "model": "if"}, threshold, threshold
     raise NotImplementedError(f"no integer mapping for the neuron {type(neuron).__name__}; "
-                              "mapped: STBPLIF, ParametricLIF, IFNeuron")
+                              "mapped: STBPLIF, ParametricLIF, IFNeuron, TSSLNeuron")
 
 
 def build(net: nn.Module, levels: dict[str, Tensor], T: int) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
