@@ -7,6 +7,8 @@ event frames ``[B, T, *in_shape]`` (one per step)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,7 +72,8 @@ def snntorch_outputs(graph: Any, inputs: torch.Tensor, T: int) -> np.ndarray:
 
     in_shape = tuple(int(d) for d in graph.nodes["input"].input_type["input"])
     frames = _frames(in_shape, inputs)
-    net = snntorch_network(graph)
+    with contextlib.redirect_stdout(io.StringIO()):  # snnTorch prints every rescaled threshold array
+        net = snntorch_network(graph)
     tau_s = graph.metadata.get("readout_psp_tau_s")
     totals = []
     for x in inputs:
