@@ -187,3 +187,14 @@ def test_tssl_network_runs_the_same_in_snntorch_and_numpy(tmp_path, levels):
     assert_same(ours, check.snntorch_outputs(graph, inputs, T))
     manifest, arrays = numpy_reference.load(str(tmp_path / INTEGER_FILE))
     assert_same(ours, check.integer_outputs(manifest, arrays, inputs))
+
+
+def test_a_bias_after_a_psp_filter_is_refused_by_both_targets():
+    from cbpqsnn.deploy.nir_export import to_nir
+
+    net, quantized = tssl_net("binary")
+    conv = net.layers[1]
+    conv.bias = torch.nn.Parameter(torch.full((conv.out_channels,), 0.1))
+    for target in (lambda: to_nir(net, T), lambda: integer.build(net, quantized, T)):
+        with pytest.raises(NotImplementedError, match="bias after a PSP filter"):
+            target()

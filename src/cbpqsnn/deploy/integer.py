@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from cbpqsnn.conversion.network import AvgPoolConv
 from cbpqsnn.deploy.nir_export import input_shift
-from cbpqsnn.deploy.stages import Branch, Flatten, Merge, Neuron, Pool, Synapse, Trace, stages
+from cbpqsnn.deploy.stages import Branch, Flatten, Merge, Neuron, Pool, Synapse, Trace, psp_carrier, stages
 from cbpqsnn.nets.tssl_layers import ScaledSumPool
 from cbpqsnn.neurons import STBPLIF, IFNeuron, MultiStepNeuron, ParametricLIF, TSSLNeuron
 
@@ -101,8 +101,6 @@ def build(net: nn.Module, levels: dict[str, Tensor], T: int) -> tuple[dict[str, 
                 op.update(stride=layer.stride[0], padding=layer.padding[0])
             s, b = (t.numpy() for t in stage.folded())
             b = b + input_shift(chain, index, T)
-            if psp is not None and bool(np.abs(b).sum()):
-                raise NotImplementedError(f"{name}: a bias after a PSP filter (it does not commute)")
             if op["integer"]:
                 codes, scale = _codes(layer.weight, levels[name])
                 sign = np.sign(s).reshape(-1, *[1] * (codes.ndim - 1)).astype(np.int8)
@@ -136,7 +134,7 @@ def build(net: nn.Module, levels: dict[str, Tensor], T: int) -> tuple[dict[str, 
             else:
                 factor /= k * k
         elif isinstance(stage, Trace):
-            psp = stage.tau_s
+            psp = psp_carrier(stage)
         elif isinstance(stage, Flatten):
             ops.append({"op": "flatten", "name": name})
         elif isinstance(stage, Neuron):
@@ -150,12 +148,9 @@ def build(net: nn.Module, levels: dict[str, Tensor], T: int) -> tuple[dict[str, 
                 arrays[f"{name}.v_init"] = stage.module.v_init.detach().double().numpy() / scale
             op.update(bias=bias is not None, v_init=f"{name}.v_init" in arrays)
             if psp is not None:
-                if not isinstance(stage.module, TSSLNeuron):
-                    raise NotImplementedError(f"{name}: a PSP-filtered current into a "
-                                              f"{type(stage.module).__name__}")
                 op["synapse_tau_s"] = psp
             ops.append(op)
-            psp = stage.module.constants.tau_s if isinstance(stage.module, TSSLNeuron) else None
+            psp = psp_carrier(stage)
             factor, unit, bias = amplitude, None, None
         elif isinstance(stage, Branch):
             kept[name] = factor

@@ -56,7 +56,7 @@ import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
-from cbpqsnn.deploy.stages import Branch, Flatten, Neuron, Pool, Stage, Synapse, Trace, stages
+from cbpqsnn.deploy.stages import Branch, Flatten, Neuron, Pool, Stage, Synapse, Trace, psp_carrier, stages
 from cbpqsnn.nets.tssl_layers import ScaledSumPool
 from cbpqsnn.neurons import STBPLIF, IFNeuron, MultiStepNeuron, ParametricLIF, TSSLNeuron
 
@@ -78,15 +78,11 @@ def _neuron(neuron: MultiStepNeuron, shape: tuple[int, ...], psp: float | None) 
 
     if isinstance(neuron, TSSLNeuron):
         c = neuron.constants
-        if psp is None:
-            raise NotImplementedError("a TSSL-BP neuron without a PSP-filtered input")
         # the PSP of the previous layer's spikes, moved past the (bias-free) synapse: the current
         return nir.CubaLIF(tau_syn=_full(shape, DT * psp), tau_mem=_full(shape, DT * c.tau_m),
                            r=_full(shape, c.tau_m), v_leak=_full(shape, 0.0),
                            v_threshold=_full(shape, c.v_threshold), v_reset=_full(shape, 0.0),
                            w_in=_full(shape, 1.0)), 1.0
-    if psp is not None:
-        raise NotImplementedError(f"a PSP-filtered current into {type(neuron).__name__}")
 
     def lif(tau: float, r: float, v_threshold: float, v_rest: float) -> Any:
         return nir.LIF(tau=_full(shape, tau), r=_full(shape, r), v_leak=_full(shape, v_rest),
@@ -104,6 +100,26 @@ def _neuron(neuron: MultiStepNeuron, shape: tuple[int, ...], psp: float | None) 
                       v_reset=_full(shape, 0.0)), threshold
     raise NotImplementedError(f"no NIR mapping for the neuron {type(neuron).__name__}; "
                               "mapped: STBPLIF, ParametricLIF, IFNeuron, TSSLNeuron")
+
+
+def _max_pool(name: str, k: tuple[int, int], shape: tuple[int, ...], out_shape: tuple[int, ...],
+              top: int, inputs: list[str]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Nodes and edges of a max pool over integers ``0 .. top``: ``max = sum_j 1[some value in the
+    window >= j]``, ``j = 1 .. top``, one Threshold-SumPool-Threshold branch per ``j`` (the next
+    node sums the branches' ``.any`` outputs)."""
+    import nir
+
+    nodes: dict[str, Any] = {}
+    edges: list[tuple[str, str]] = []
+    for j in range(1, top + 1):
+        level = f"{name}.ge{j}"
+        nodes[level] = nir.Threshold(threshold=_full(shape, j - 0.5))
+        nodes[level + ".sum"] = nir.SumPool2d(kernel_size=np.array(k), stride=np.array(k),
+                                              padding=np.array([0, 0]))
+        nodes[level + ".any"] = nir.Threshold(threshold=_full(out_shape, 0.5))
+        edges += [*((source, level) for source in inputs), (level, level + ".sum"),
+                  (level + ".sum", level + ".any")]
+    return nodes, edges
 
 
 def input_shift(chain: list[Stage], index: int, T: int) -> float:
@@ -140,8 +156,6 @@ def to_nir(net: nn.Module, T: int) -> Any:
         if isinstance(stage, Synapse):
             s, b = stage.folded()
             layer = stage.layer
-            if psp is not None and bool(b.abs().sum()):
-                raise NotImplementedError(f"{stage.name}: a bias after a PSP filter (it does not commute)")
             weight = layer.weight.detach().double() * gain
             weight = weight * s.view(-1, *[1] * (weight.dim() - 1))
             bias = b + input_shift(chain, index, T)
@@ -157,10 +171,9 @@ def to_nir(net: nn.Module, T: int) -> Any:
         elif isinstance(stage, Neuron):
             node, gain = _neuron(stage.module, shape, psp)
             add(stage.name, node)
-            top = 1
-            psp = stage.module.constants.tau_s if isinstance(stage.module, TSSLNeuron) else None
+            top, psp = 1, psp_carrier(stage)
         elif isinstance(stage, Trace):
-            psp = stage.tau_s
+            psp = psp_carrier(stage)
         elif isinstance(stage, Pool):
             pool = stage.module
             k = _pair(pool.kernel_size)
@@ -176,17 +189,10 @@ def to_nir(net: nn.Module, T: int) -> Any:
                 if top is None or _pair(pool.stride) != k or _pair(pool.padding) != (0, 0):
                     raise NotImplementedError(f"{stage.name}: a max pool maps to NIR only on spikes or "
                                               "sums of spikes, stride = kernel, no padding")
-                # max over a window of integers 0..top = sum_j 1[some value >= j], j = 1..top
-                inputs, sources[:] = list(sources), []
-                for j in range(1, top + 1):
-                    level = f"{stage.name}.ge{j}"
-                    nodes[level] = nir.Threshold(threshold=_full(shape, j - 0.5))
-                    nodes[level + ".sum"] = nir.SumPool2d(kernel_size=np.array(k), stride=np.array(k),
-                                                          padding=np.array([0, 0]))
-                    nodes[level + ".any"] = nir.Threshold(threshold=_full(out_shape, 0.5))
-                    edges.extend([*((source, level) for source in inputs), (level, level + ".sum"),
-                                  (level + ".sum", level + ".any")])
-                    sources.append(level + ".any")
+                pooled, pool_edges = _max_pool(stage.name, k, shape, out_shape, top, sources)
+                nodes.update(pooled)
+                edges.extend(pool_edges)
+                sources[:] = [name for name in pooled if name.endswith(".any")]
             else:  # the conversion's fixed pooling conv (depthwise) as a conv with a diagonal
                 # channel mix: NIR's type inference ignores groups
                 bias = pool.bias.detach().double() + input_shift(chain, index, T)

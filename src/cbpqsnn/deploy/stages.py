@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from cbpqsnn.conversion.network import AvgPoolConv
 from cbpqsnn.nets.sew import SEWBlock
 from cbpqsnn.nets.tssl_layers import PSPInput, ScaledSumPool, TimeSharedDropout
-from cbpqsnn.neurons import MultiStepNeuron
+from cbpqsnn.neurons import MultiStepNeuron, TSSLNeuron
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,31 @@ def _sequence(modules: list[tuple[str, nn.Module]]) -> list[Stage]:
     return out
 
 
+def psp_carrier(stage: Stage) -> float | None:
+    """The PSP time constant of what ``stage`` outputs (TSSL-BP's input filter and neurons)."""
+    if isinstance(stage, Trace):
+        return stage.tau_s
+    if isinstance(stage, Neuron) and isinstance(stage.module, TSSLNeuron):
+        return stage.module.constants.tau_s
+    return None
+
+
+def _check_psp(chain: list[Stage]) -> None:
+    """A PSP filter moves onto the next neuron's current only past bias-free layers, into a
+    TSSL-BP neuron (the targets rely on it)."""
+    psp = None
+    for stage in chain:
+        if psp is not None and isinstance(stage, Synapse) and bool(stage.folded()[1].abs().sum()):
+            raise NotImplementedError(f"{stage.name}: a bias after a PSP filter (it does not commute)")
+        if psp is not None and isinstance(stage, Neuron) and not isinstance(stage.module, TSSLNeuron):
+            raise NotImplementedError(f"{stage.name}: a PSP-filtered current into a "
+                                      f"{type(stage.module).__name__}")
+        if isinstance(stage, Neuron | Trace):
+            psp = psp_carrier(stage)
+
+
 def stages(net: nn.Module) -> list[Stage]:
     """The stages of ``net`` (its ``layers``, named ``layers.<i>[.<sub>]`` as in the network)."""
-    return _sequence([(f"layers.{i}", m) for i, m in enumerate(net.layers)])
+    chain = _sequence([(f"layers.{i}", m) for i, m in enumerate(net.layers)])
+    _check_psp(chain)
+    return chain
