@@ -26,7 +26,7 @@ def _frames(net_in_shape: tuple[int, ...], inputs: torch.Tensor) -> bool:
 @torch.no_grad()
 def project_outputs(net: torch.nn.Module, inputs: torch.Tensor) -> np.ndarray:
     """The project's output summed over time, ``[B, classes]`` (``net`` runs time-first)."""
-    x = inputs.transpose(0, 1) if _frames(tuple(net.in_shape), inputs) else inputs
+    x = inputs.transpose(0, 1) if net.is_frames(inputs) else inputs  # [B, T, ...] has a frame's rank
     return net(x).double().sum(0).numpy()
 
 
