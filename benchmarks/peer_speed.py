@@ -18,8 +18,10 @@ stateless layers in ``SeqToANNContainer``) and ``snntorch`` (``Leaky(beta=0.5,
 reset_mechanism="zero", atan)`` stepped over T; its tutorials step the whole network instead, but
 batch norm over one step's batch is another function than over all T steps' samples). On request
 (``--columns``): ``project_step_loop``, the project's neuron run by its step-by-step definition
-(what the fused kernel replaces), and ``layers_only``, a floor (not the same function, not checked):
-every neuron a stateless threshold, i.e. the cost of the layers alone.
+(what the fused kernel replaces), ``project_compiled``, its compiled kernels
+(:mod:`cbpqsnn.neurons.kernels`; the warm-up steps compile), and ``layers_only``, a floor (not
+the same function, not checked): every neuron a stateless threshold, i.e. the cost of the layers
+alone.
 
 A step is forward, loss, backward and an SGD step. Every column runs in its own process (the
 peers are the optional ``bench`` extra); each process warms up, then times ``--repeats`` x
@@ -143,6 +145,15 @@ class ProjectStepLoop(Project):
         return x
 
 
+class ProjectCompiled(Project):
+    """The same neuron with its compiled kernels (``neuron_kernels=compiled``; the warm-up steps
+    compile them)."""
+
+    def __init__(self, workload: str) -> None:
+        super().__init__(workload)
+        self.neuron.kernels = "compiled"
+
+
 class SpikingJelly(nn.Module):
     def __init__(self, workload: str) -> None:
         super().__init__()
@@ -202,7 +213,8 @@ class LayersOnly(Project):
 
 
 COLUMNS = {"plain": Plain, "project": Project, "spikingjelly": SpikingJelly, "snntorch": SnnTorch,
-           "project_step_loop": ProjectStepLoop, "layers_only": LayersOnly}
+           "project_step_loop": ProjectStepLoop, "project_compiled": ProjectCompiled,
+           "layers_only": LayersOnly}
 FLOORS = {"layers_only"}  # timed, not checked: another function
 
 

@@ -45,6 +45,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 import tarfile
@@ -104,6 +105,13 @@ BUDGETS: dict[str, Budget] = {
     # TSSL-BP diagnostics: which of the budget's two departures keeps the stream loss from falling?
     "tsslbp_cifar10@no_dropout": Budget(minutes=5, batch=10, test=500),
     "tsslbp_cifar10@batch50": Budget(minutes=5, batch=50, test=500),
+    # Recipe diagnostics at the published batch: the row's init, neuron, loss and optimizer on its
+    # network with every width / N (``@widthN``): the same depth and the same per-layer statistics
+    # at init (both rows' inits scale with 1 / sqrt(fan-in)), N^2 times cheaper per step, so
+    # thousands of steps fit. STBP: does the silent 7Conv3FC wake up? TSSL-BP: does the stream
+    # loss fall at batch 50?
+    "stbp_cifar10@width16": Budget(minutes=20, batch=None, test=1000),
+    "tsslbp_cifar10@width4": Budget(minutes=20, batch=None, test=1000),
 }
 DEFAULT_ROWS = [row for row in BUDGETS if "@" not in row]
 VARIANTS = {"torch_init": ["model.init=torch"], "no_dropout": ["model.dropout=0.0"]}
@@ -170,12 +178,26 @@ def row_config(row: str, data_dir: Path) -> DictConfig:
     overrides += VARIANTS.get(variant, [])
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
+    if variant.startswith("width"):
+        with open_dict(cfg):
+            cfg.model.spec = narrowed(list(cfg.model.spec), int(variant.removeprefix("width")))
     if name.startswith("sg_"):  # drop the row dataset's own keys (e.g. CIFAR10-DVS's split)
         nmnist_keys = OmegaConf.load(ROOT / "conf" / "data" / "nmnist.yaml").datamodule.keys()
         with open_dict(cfg):
             for key in [k for k in cfg.data.datamodule if k not in nmnist_keys]:
                 del cfg.data.datamodule[key]
     return cfg
+
+
+def narrowed(spec: list[str], divisor: int) -> list[str]:
+    """``spec`` with every conv / FC width divided by ``divisor`` (e.g. C256s2 -> C16s2 for 16)."""
+    def narrow(item: str) -> str:
+        match = re.fullmatch(r"(C|FC)(\d+)(.*)", item)
+        if not match:
+            return item
+        kind, width, rest = match.groups()
+        return f"{kind}{max(1, int(width) // divisor)}{rest}"
+    return [narrow(item) for item in spec]
 
 
 def head_classes(row: str) -> int:
@@ -286,10 +308,7 @@ def fit_fixed_batch(cfg: DictConfig, module: L.LightningModule, datamodule: L.Li
         module.eval()
         return 100.0 * float((module(x).argmax(1) == y).float().mean())
 
-    def rates() -> list[float]:
-        return list(hardware_metrics(module.net, [x], cfg.hardware.energy_pj)["spike_rate"].values())
-
-    before, rates_before = accuracy(), rates()
+    before, rates_before = accuracy(), layer_rates(cfg, module, x)
     module.train()  # Lightning keeps the modes it finds: dropout stays off, BN trains
     for m in module.modules():
         if isinstance(m, nn.modules.dropout._DropoutNd) or "Dropout" in type(m).__name__:
@@ -299,7 +318,13 @@ def fit_fixed_batch(cfg: DictConfig, module: L.LightningModule, datamodule: L.Li
     recorder = StepRecorder(first_layer(module))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=len(y))
     stage_trainer(stage, [recorder], max_steps=steps).fit(module, train_dataloaders=loader)
-    return recorder.loss, before, accuracy(), [rates_before, rates()]
+    return recorder.loss, before, accuracy(), [rates_before, layer_rates(cfg, module, x)]
+
+
+def layer_rates(cfg: DictConfig, module: L.LightningModule, x: Tensor) -> list[float]:
+    """The firing rate of every neuron layer on ``x``, in order (empty without spiking neurons)."""
+    module.eval()
+    return list(hardware_metrics(module.net, [x], cfg.hardware.energy_pj)["spike_rate"].values())
 
 
 @torch.inference_mode()
@@ -346,6 +371,7 @@ class RowResult:
     fit_loss: list[float] = field(default_factory=list)  # fixed-batch fit: loss per step
     fit_acc: tuple[float, float] = (0.0, 0.0)             # ... its accuracy before, after
     fit_rates: list[list[float]] = field(default_factory=list)  # ... neuron-layer rates before, after
+    train_rates: list[float] = field(default_factory=list)  # neuron-layer rates after the budget
 
 
 def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1) -> RowResult:
@@ -361,6 +387,7 @@ def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1) -> Ro
     module = build_module(cfg, datamodule)
     recorder = train(cfg, module, datamodule, budget.minutes, batch, max_steps)
     acc = test_accuracy(module, datamodule)
+    train_rates = layer_rates(cfg, module, next(iter(datamodule.test_dataloader()))[0][:batch])
     test_samples = len(datamodule.test_set)
     snn_acc: dict[str, float] = {}
     if cfg.method.name == "calib":  # the row's own conversion at its T, on a test subset
@@ -381,7 +408,7 @@ def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1) -> Ro
                      wall_s=time.time() - start, snn_acc=snn_acc,
                      snn_test_samples=len(datamodule.test_set) if snn_acc else 0,
                      loss_curve=curve(recorder.loss), fit_loss=fit_loss, fit_acc=tuple(fit_acc),
-                     fit_rates=fit_rates)
+                     fit_rates=fit_rates, train_rates=train_rates)
 
 
 # -- report --------------------------------------------------------------------------------------
@@ -390,21 +417,27 @@ def markdown(results: list[RowResult]) -> str:
              "none / light (test images) | train loss first -> last fifth | first-layer "
              "grad/w first -> last | step s | full pretraining: steps at the published batch, "
              "CPU h | fixed batch: steps, loss first -> last (acc before -> after) | fixed batch: "
-             "firing rate per neuron layer, before / after | wall s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "firing rate per neuron layer, before / after | firing rates after the budget (test batch) "
+             "| wall s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         snn = (" / ".join(f"{r.snn_acc[k]:.1f}" for k in ("none", "light") if k in r.snn_acc)
                + f" ({r.snn_test_samples})") if r.snn_acc else "--"
         fit = (f"{len(r.fit_loss)}, {r.fit_loss[0]:.4g} -> {r.fit_loss[-1]:.4g} "
                f"({r.fit_acc[0]:.0f} -> {r.fit_acc[1]:.0f})") if r.fit_loss else "--"
-        rates = " / ".join(" ".join(f"{v:.2g}" for v in layer_rates) for layer_rates in r.fit_rates
+        rates = " / ".join(_rates(per_layer) for per_layer in r.fit_rates
                            ) if r.fit_rates and r.fit_rates[0] else "--"
         lines.append(
             f"| `{r.row}` | {r.steps} x {r.batch} | {r.train_samples} / {r.test_samples} | "
             f"{r.test_acc:.1f} ({r.chance:.0f}) | {snn} | {r.loss_first:.4g} -> {r.loss_last:.4g} | "
             f"{r.grad_ratio_first:.1e} -> {r.grad_ratio_last:.1e} | {r.step_s:.2f} | "
-            f"{r.steps_full:,}, {r.cpu_hours_full:,.0f} | {fit} | {rates} | {r.wall_s:.0f} |")
+            f"{r.steps_full:,}, {r.cpu_hours_full:,.0f} | {fit} | {rates} | "
+            f"{_rates(r.train_rates) or '--'} | {r.wall_s:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _rates(values: list[float]) -> str:
+    return " ".join(f"{v:.2g}" for v in values)
 
 
 def main() -> None:

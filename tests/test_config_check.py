@@ -84,6 +84,7 @@ def test_a_typo_in_the_cbp_group_is_named_with_the_valid_settings():
     ("method.cbp.callback.p_max=0", "method.cbp.callback.p_max=0: must be an integer >= 1"),
     ("method.cbp.callback.multiplier_lr=0", "multiplier_lr=0: must be a number > 0"),
     ("method.cbp.gradient_clip_algorithm=nrom", "valid choices: norm, value or null"),
+    ("method.module.neuron_kernels=compild", "neuron_kernels='compild': valid choices: eager, compiled"),
     ("pretrained=/no/such/fp32.ckpt", "pretrained=/no/such/fp32.ckpt: no such file"),
 ])
 def test_a_bad_value_fails_with_what_to_write_instead(override, expected):

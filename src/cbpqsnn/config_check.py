@@ -30,6 +30,7 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from cbpqsnn.deploy.metrics import ENERGY_KEYS
+from cbpqsnn.neurons.kernels import KERNELS
 from cbpqsnn.quant.baselines import ALGORITHMS, check_algorithm
 from cbpqsnn.quant.callback import MULTIPLIER_OPTIMIZERS, NO_QUANT, QUANT_GROUP_ARGS, CBPCallback
 from cbpqsnn.quant.levels import SCALES, level_factors
@@ -198,6 +199,8 @@ def _check_data(problems: list[str], data: Mapping[str, Any]) -> None:
 def _check_method(problems: list[str], method: Mapping[str, Any]) -> type | None:
     _keys(problems, "method", method, METHOD_KEYS)
     module = method.get("module") or {}
+    if "neuron_kernels" in module:
+        _choice(problems, "method.module.neuron_kernels", module["neuron_kernels"], KERNELS)
     try:
         return get_object(str(module.get("_target_")))
     except Exception:  # noqa: BLE001 -- reported by _check_targets

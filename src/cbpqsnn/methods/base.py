@@ -15,6 +15,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from cbpqsnn.neurons.kernels import set_kernels
+
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
@@ -32,7 +34,9 @@ class SpikingClassifier(L.LightningModule):
     ``readout`` turns them into class scores ``[B, classes]`` (argmax = prediction).
 
     A backbone names every method argument in its ``__init__`` (``method.module`` in the config:
-    an unknown key is an error) and lists the ``model`` options it reads, with their defaults, in
+    an unknown key is an error; the base's own: ``T``, ``train_time_steps`` (event frames kept in
+    training), ``neuron_kernels`` (``eager`` | ``compiled``, :mod:`cbpqsnn.neurons.kernels`)) and
+    lists the ``model`` options it reads, with their defaults, in
     ``MODEL_OPTIONS`` (besides ``name`` and ``spec``; see :meth:`model_options`)."""
 
     MODEL_OPTIONS: ClassVar[dict[str, Any]] = {}
@@ -44,6 +48,7 @@ class SpikingClassifier(L.LightningModule):
         num_classes: int,
         T: int,
         train_time_steps: int | None = None,
+        neuron_kernels: str = "eager",
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
     ) -> None:
@@ -54,6 +59,7 @@ class SpikingClassifier(L.LightningModule):
         self.in_shape = tuple(in_shape)
         self.train_time_steps = train_time_steps
         self.net = self.build_net(self.model_options(model), tuple(in_shape), self.num_classes, int(T))
+        set_kernels(self.net, neuron_kernels or "eager")
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.weight_decay_on_bias = True

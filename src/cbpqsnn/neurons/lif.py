@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cbpqsnn.neurons import kernels as compiled
 from cbpqsnn.neurons.base import MultiStepNeuron
 from cbpqsnn.neurons.surrogates import ATan, Rectangular, Surrogate, spike
 
@@ -33,7 +34,13 @@ class _STBPLIFFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, v_threshold: float, decay: float, surrogate: Surrogate,
-                detach_reset: bool) -> Tensor:
+                detach_reset: bool, kernels: str = "eager") -> Tensor:
+        ctx.constants = (v_threshold, decay, surrogate, detach_reset)
+        ctx.kernels = kernels
+        if kernels == "compiled":
+            spikes, u = compiled.stbp_lif_forward(x, v_threshold, decay)
+            ctx.save_for_backward(u)
+            return spikes
         u = torch.empty_like(x)
         spikes = torch.empty_like(x)
         quiet = torch.empty_like(x[0])
@@ -45,7 +52,6 @@ class _STBPLIFFunction(torch.autograd.Function):
             if t + 1 < x.shape[0]:
                 torch.le(u[t], v_threshold, out=quiet)
         ctx.save_for_backward(u)
-        ctx.constants = (v_threshold, decay, surrogate, detach_reset)
         return spikes
 
     @staticmethod
@@ -53,6 +59,10 @@ class _STBPLIFFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_spikes: Tensor) -> tuple[Tensor | None, ...]:
         (u,) = ctx.saved_tensors
         v_threshold, decay, surrogate, detach_reset = ctx.constants
+        if ctx.kernels == "compiled":
+            grad = compiled.stbp_lif_backward(grad_spikes.contiguous(), u, v_threshold, decay,
+                                              surrogate, detach_reset)
+            return grad, None, None, None, None, None
         grad_x = torch.empty_like(u)
         quiet = torch.empty_like(u[0])
         grad_x[-1] = surrogate.derivative_(u[-1] - v_threshold).mul_(grad_spikes[-1])
@@ -64,7 +74,7 @@ class _STBPLIFFunction(torch.autograd.Function):
             direct = surrogate.derivative_(u[t] - v_threshold).mul_(spike_grad)
             torch.le(u[t], v_threshold, out=quiet)
             torch.addcmul(direct, gu, quiet, value=decay, out=grad_x[t])
-        return grad_x, None, None, None, None
+        return grad_x, None, None, None, None, None
 
 
 class STBPLIF(MultiStepNeuron):
@@ -84,10 +94,11 @@ class STBPLIF(MultiStepNeuron):
         self.v_threshold = float(v_threshold)
         self.decay = float(decay)
         self.detach_reset = bool(detach_reset)
+        self.kernels = "eager"  # or "compiled" (cbpqsnn.neurons.kernels)
 
     def forward(self, x: Tensor) -> Tensor:
         return _STBPLIFFunction.apply(x, self.v_threshold, self.decay, self.surrogate,
-                                      self.detach_reset)
+                                      self.detach_reset, self.kernels)
 
     def step(self, x_t: Tensor, state: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Any]:
         if state is None:
@@ -121,7 +132,13 @@ class _PLIFFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, k: Tensor, v_threshold: float, v_reset: float,
-                surrogate: Surrogate, detach_reset: bool) -> Tensor:
+                surrogate: Surrogate, detach_reset: bool, kernels: str = "eager") -> Tensor:
+        ctx.constants = (v_threshold, v_reset, surrogate, detach_reset)
+        ctx.kernels = kernels
+        if kernels == "compiled":
+            spikes, h, d = compiled.plif_forward(x, k.detach(), v_threshold, v_reset)
+            ctx.save_for_backward(h, d, k)
+            return spikes
         h = torch.empty_like(x)
         d = torch.empty_like(x)
         spikes = torch.empty_like(x)
@@ -136,7 +153,6 @@ class _PLIFFunction(torch.autograd.Function):
                 if v_reset:
                     v.add_(spikes[t], alpha=v_reset)
         ctx.save_for_backward(h, d, k)
-        ctx.constants = (v_threshold, v_reset, surrogate, detach_reset)
         return spikes
 
     @staticmethod
@@ -144,6 +160,11 @@ class _PLIFFunction(torch.autograd.Function):
     def backward(ctx: Any, grad_spikes: Tensor) -> tuple[Tensor | None, ...]:
         h, d, k = ctx.saved_tensors
         v_threshold, v_reset, surrogate, detach_reset = ctx.constants
+        if ctx.kernels == "compiled":
+            grad_x, grad_k = compiled.plif_backward(grad_spikes.contiguous(), h, d, k.detach(),
+                                                    v_threshold, v_reset, surrogate, detach_reset)
+            return (grad_x, grad_k.reshape(k.shape) if ctx.needs_input_grad[1] else None,
+                    None, None, None, None, None)
         k_value = float(k)
         grad_x = torch.empty_like(h)
         grad_k = torch.zeros((), dtype=h.dtype, device=h.device)
@@ -162,7 +183,7 @@ class _PLIFFunction(torch.autograd.Function):
                 grad_k += (gh * d[t]).sum()
             gv = gh - gh * k_value  # H[t] = V[t-1] + k (X[t] - V[t-1] + V_r)
         return (grad_x, grad_k.reshape(k.shape) if ctx.needs_input_grad[1] else None,
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 class ParametricLIF(MultiStepNeuron):
@@ -189,6 +210,7 @@ class ParametricLIF(MultiStepNeuron):
             self.register_buffer("w", w)
         self.v_reset = float(v_reset)
         self.detach_reset = detach_reset
+        self.kernels = "eager"  # or "compiled" (cbpqsnn.neurons.kernels)
 
     @property
     def tau(self) -> Tensor:
@@ -196,7 +218,7 @@ class ParametricLIF(MultiStepNeuron):
 
     def forward(self, x: Tensor) -> Tensor:
         return _PLIFFunction.apply(x, torch.sigmoid(self.w), self.v_threshold, self.v_reset,
-                                   self.surrogate, self.detach_reset)
+                                   self.surrogate, self.detach_reset, self.kernels)
 
     def step(self, x_t: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
         k = torch.sigmoid(self.w)

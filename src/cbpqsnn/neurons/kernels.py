@@ -1,0 +1,128 @@
+"""Compiled time loops of the fused neurons: ``neuron_kernels=compiled`` (opt-in).
+
+The fused neurons (:mod:`cbpqsnn.neurons.lif`) run their forward and backward time loops as a
+few PyTorch operations per step ("eager" kernels): every operation is one pass over a step's
+tensor. Here the same loops are written as pure functions and handed to ``torch.compile``, which
+fuses each loop into one generated kernel (C++ on a CPU, Triton on a GPU) that reads each input
+once and writes each output once. Same equations, same rounding: the tests hold the compiled
+kernels to the eager ones (bitwise where the eager kernel is bitwise its step loop). The first
+call of every (shape, constants) pair compiles, which takes seconds to a minute on a CPU: worth
+it for runs of many steps, not for a short one.
+
+Which neurons have compiled kernels: STBP's LIF and SpikingJelly's LIF / PLIF, the neurons with a
+``kernels`` attribute (``"eager"`` by default; :func:`set_kernels` switches a whole network).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cbpqsnn.neurons.surrogates import Surrogate
+
+KERNELS = ("eager", "compiled")
+
+
+def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` compiled on its first call (so importing this module compiles nothing)."""
+    cache: dict[str, Callable[..., Any]] = {}
+
+    def call(*args: Any) -> Any:
+        if "fn" not in cache:
+            cache["fn"] = torch.compile(fn, fullgraph=True)
+        return cache["fn"](*args)
+    call.__doc__ = fn.__doc__
+    call.__wrapped__ = fn  # type: ignore[attr-defined]
+    return call
+
+
+def _stbp_lif_forward(x: Tensor, v_threshold: float, decay: float) -> tuple[Tensor, Tensor]:
+    """Spikes and membranes ``u`` of :class:`cbpqsnn.neurons.STBPLIF` over ``[T, ...]``:
+    ``u[t] = x[t] + (decay u[t-1]) q[t-1]``, ``q = 1[u <= V_th]``, ``o[t] = 1[u[t] > V_th]``."""
+    spikes, membranes = [], []
+    u = x[0]
+    quiet = x[0]
+    for t in range(x.shape[0]):
+        if t:
+            u = torch.addcmul(x[t], u, quiet, value=decay)
+        spikes.append((u > v_threshold).to(x.dtype))
+        quiet = (u <= v_threshold).to(x.dtype)
+        membranes.append(u)
+    return torch.stack(spikes), torch.stack(membranes)
+
+
+def _stbp_lif_backward(grad_spikes: Tensor, u: Tensor, v_threshold: float, decay: float,
+                       surrogate: Surrogate, detach_reset: bool) -> Tensor:
+    """``dL/dx`` of :func:`_stbp_lif_forward` (the equations of ``_STBPLIFFunction``)."""
+    steps = u.shape[0]
+    gu = surrogate.derivative(u[-1] - v_threshold) * grad_spikes[-1]
+    grads = [gu]
+    for t in range(steps - 2, -1, -1):
+        spike_grad = grad_spikes[t] if detach_reset else grad_spikes[t] - gu * (u[t] * decay)
+        direct = surrogate.derivative(u[t] - v_threshold) * spike_grad
+        gu = torch.addcmul(direct, gu, (u[t] <= v_threshold).to(u.dtype), value=decay)
+        grads.append(gu)
+    return torch.stack(grads[::-1])
+
+
+def _plif_forward(x: Tensor, k: Tensor, v_threshold: float, v_reset: float
+                  ) -> tuple[Tensor, Tensor, Tensor]:
+    """Spikes, ``H`` and ``d = X - (V - V_r)`` of :class:`cbpqsnn.neurons.ParametricLIF`
+    (``k`` a 0-d tensor: a learnable constant must not be baked into the compiled kernel)."""
+    spikes, hs, ds = [], [], []
+    v = torch.full_like(x[0], v_reset)
+    for t in range(x.shape[0]):
+        d = x[t] - (v - v_reset if v_reset else v)
+        h = d * k + v
+        s = (h >= v_threshold).to(x.dtype)
+        v = h * (h < v_threshold).to(x.dtype)
+        if v_reset:
+            v = v + s * v_reset
+        spikes.append(s)
+        hs.append(h)
+        ds.append(d)
+    return torch.stack(spikes), torch.stack(hs), torch.stack(ds)
+
+
+def _plif_backward(grad_spikes: Tensor, h: Tensor, d: Tensor, k: Tensor, v_threshold: float,
+                   v_reset: float, surrogate: Surrogate, detach_reset: bool) -> tuple[Tensor, Tensor]:
+    """``dL/dX`` and ``dL/dk`` of :func:`_plif_forward` (the equations of ``_PLIFFunction``)."""
+    grads = []
+    grad_k = torch.zeros((), dtype=h.dtype, device=h.device)
+    gv = None
+    for t in range(h.shape[0] - 1, -1, -1):
+        spike_grad = grad_spikes[t]
+        if gv is not None and not detach_reset:
+            spike_grad = spike_grad + gv * (v_reset - h[t])
+        gh = surrogate.derivative(h[t] - v_threshold) * spike_grad
+        if gv is not None:
+            gh = torch.addcmul(gh, gv, (h[t] < v_threshold).to(h.dtype))
+        grads.append(gh * k)
+        grad_k = grad_k + (gh * d[t]).sum()
+        gv = gh - gh * k
+    return torch.stack(grads[::-1]), grad_k
+
+
+stbp_lif_forward = _compiled(_stbp_lif_forward)
+stbp_lif_backward = _compiled(_stbp_lif_backward)
+plif_forward = _compiled(_plif_forward)
+plif_backward = _compiled(_plif_backward)
+
+
+def set_kernels(net: nn.Module, kernels: str) -> None:
+    """Run every neuron of ``net`` that has compiled kernels (a ``kernels`` attribute) with
+    ``kernels``; ``compiled`` on a network without such a neuron is an error (it would change
+    nothing, silently)."""
+    if kernels not in KERNELS:
+        raise ValueError(f"unknown neuron_kernels {kernels!r}; valid choices: {list(KERNELS)}")
+    neurons = [m for m in net.modules() if hasattr(m, "kernels")]
+    if kernels == "compiled" and not neurons:
+        kinds = sorted({type(m).__name__ for m in net.modules() if hasattr(m, "step")})
+        raise ValueError(f"neuron_kernels='compiled': none of this network's neurons "
+                         f"({', '.join(kinds) or 'none'}) has compiled kernels; they exist for "
+                         f"STBPLIF and ParametricLIF (methods stbp, sg). Use neuron_kernels=eager")
+    for neuron in neurons:
+        neuron.kernels = kernels

@@ -1,0 +1,64 @@
+"""The compiled neuron kernels (``neuron_kernels=compiled``) against the eager fused ones."""
+
+import pytest
+import torch
+
+from cbpqsnn.methods.stbp import STBPClassifier
+from cbpqsnn.methods.tsslbp import TSSLClassifier
+from cbpqsnn.neurons import STBPLIF, ParametricLIF, Rectangular, Sigmoid
+from cbpqsnn.neurons.kernels import set_kernels
+
+
+def outputs_and_gradients(neuron, x, weights):
+    x = x.clone().requires_grad_(True)
+    for p in neuron.parameters():
+        p.grad = None
+    out = neuron(x)
+    (out * weights).sum().backward()
+    return out.detach(), x.grad, [p.grad.clone() for p in neuron.parameters()]
+
+
+# One case per compiled kernel pair, each with the reset NOT detached (the longest backward) and
+# an initial condition the other paths never reach (v_reset != 0); float64, so a wrong term shows.
+# Compiling costs about 10 s per kernel on 2 cores: two neurons, four kernels.
+CASES = {
+    "stbp_lif": lambda: STBPLIF(v_threshold=0.5, decay=0.25, surrogate=Rectangular(1.0)),
+    "plif": lambda: ParametricLIF(tau0=3.0, learnable=True, v_reset=0.3, surrogate=Sigmoid(4.0),
+                                  detach_reset=False),
+}
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_compiled_kernels_compute_the_eager_kernels_outputs_and_gradients(name):
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 4, 5, dtype=torch.float64) * 1.5
+    weights = torch.randn_like(x)
+    neuron = CASES[name]().double()
+    eager = outputs_and_gradients(neuron, x, weights)
+    assert 0.05 < float(eager[0].mean()) < 0.95  # spikes and silences both occur
+    neuron.kernels = "compiled"
+    compiled = outputs_and_gradients(neuron, x, weights)
+    assert torch.equal(compiled[0], eager[0])
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-12, atol=1e-14)
+    for got, want in zip(compiled[2], eager[2], strict=True):  # PLIF's dL/dk: another sum order
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+    if name == "stbp_lif":  # the eager kernel is bitwise its step loop; the compiled one too
+        assert torch.equal(compiled[1], eager[1])
+
+
+def test_a_backbone_runs_its_neurons_with_the_kernels_it_is_given():
+    model = {"spec": ["C4", "P2", "FC8"]}
+    module = STBPClassifier(model=model, in_shape=(1, 8, 8), num_classes=3, T=2,
+                            neuron_kernels="compiled")
+    kinds = {m.kernels for m in module.net.modules() if isinstance(m, STBPLIF)}
+    assert kinds == {"compiled"}
+    default = STBPClassifier(model=model, in_shape=(1, 8, 8), num_classes=3, T=2)
+    assert {m.kernels for m in default.net.modules() if isinstance(m, STBPLIF)} == {"eager"}
+
+
+def test_compiled_kernels_for_a_network_without_them_is_an_error_not_a_no_op():
+    model = {"spec": ["C4", "P2", "FC8"], "dropout": 0.0}
+    with pytest.raises(ValueError, match="none of this network's neurons .*TSSLNeuron.* has compiled"):
+        TSSLClassifier(model=model, in_shape=(1, 8, 8), num_classes=3, T=2, neuron_kernels="compiled")
+    with pytest.raises(ValueError, match=r"valid choices: \['eager', 'compiled'\]"):
+        set_kernels(torch.nn.Sequential(STBPLIF()), "fast")
