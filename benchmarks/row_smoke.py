@@ -112,9 +112,14 @@ BUDGETS: dict[str, Budget] = {
     # loss fall at batch 50?
     "stbp_cifar10@width16": Budget(minutes=20, batch=None, test=1000),
     "tsslbp_cifar10@width4": Budget(minutes=20, batch=None, test=1000),
+    # ... and with an init that keeps every layer firing (model.init=kaiming_normal)
+    "stbp_cifar10@width16+kaiming_init": Budget(minutes=20, batch=None, test=1000),
+    "stbp_cifar10@kaiming_init": Budget(minutes=5, batch=8, test=200),
+    "sg_cifar10dvs@width4": Budget(minutes=15, batch=None),
 }
 DEFAULT_ROWS = [row for row in BUDGETS if "@" not in row]
-VARIANTS = {"torch_init": ["model.init=torch"], "no_dropout": ["model.dropout=0.0"]}
+VARIANTS = {"torch_init": ["model.init=torch"], "no_dropout": ["model.dropout=0.0"],
+            "kaiming_init": ["model.init=kaiming_normal"]}
 CIFAR_TRAIN_SUBSET = 10_000
 DVS_SIDE = 128
 CIFAR_FOLDER = "cifar10-jpeg"
@@ -175,12 +180,13 @@ def row_config(row: str, data_dir: Path) -> DictConfig:
         # over every activation is most of the conversion's CPU time)
         overrides += ["method.module.conversion_device=cpu", "method.module.report_levels=[none,light]",
                       "method.module.calibration_batch_size=32"]
-    overrides += VARIANTS.get(variant, [])
+    variants = variant.split("+") if variant else []
+    overrides += [o for v in variants for o in VARIANTS.get(v, [])]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
-    if variant.startswith("width"):
+    for width in [v for v in variants if v.startswith("width")]:
         with open_dict(cfg):
-            cfg.model.spec = narrowed(list(cfg.model.spec), int(variant.removeprefix("width")))
+            cfg.model.spec = narrowed(list(cfg.model.spec), int(width.removeprefix("width")))
     if name.startswith("sg_"):  # drop the row dataset's own keys (e.g. CIFAR10-DVS's split)
         nmnist_keys = OmegaConf.load(ROOT / "conf" / "data" / "nmnist.yaml").datamodule.keys()
         with open_dict(cfg):
@@ -190,9 +196,10 @@ def row_config(row: str, data_dir: Path) -> DictConfig:
 
 
 def narrowed(spec: list[str], divisor: int) -> list[str]:
-    """``spec`` with every conv / FC width divided by ``divisor`` (e.g. C256s2 -> C16s2 for 16)."""
+    """``spec`` with every conv / FC / SEW-block width divided by ``divisor`` (C256s2 -> C16s2 for
+    16)."""
     def narrow(item: str) -> str:
-        match = re.fullmatch(r"(C|FC)(\d+)(.*)", item)
+        match = re.fullmatch(r"(C|FC|SEW)(\d+)(.*)", item)
         if not match:
             return item
         kind, width, rest = match.groups()

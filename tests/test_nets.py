@@ -102,3 +102,37 @@ def test_epoch_schedulers_step_after_each_training_epoch():
               enable_progress_bar=False, enable_model_summary=False,
               callbacks=[RecordLR()]).fit(module, train_dataloaders=data)
     assert seen == pytest.approx([1.0, 1.0, 0.1, 0.01])
+
+
+def stbp_7conv3fc_rates(init: str) -> list[float]:
+    """Firing rate of each neuron layer of the 7Conv3FC with every width / 16 (the same depth and
+    per-layer statistics at init: both inits scale with 1 / fan-in) on random normalized images."""
+    from cbpqsnn.deploy.metrics import hardware_metrics
+
+    spec = ["C8", "C16s2", "C16", "C32s2", "C32", "C64", "C128s2", "FC64", "FC32"]
+    torch.manual_seed(0)
+    module = STBPClassifier(model={"spec": spec, "init": init}, in_shape=(3, 32, 32),
+                            num_classes=10, T=8).eval()
+    rates = hardware_metrics(module.net, [torch.randn(8, 3, 32, 32)], {"fp32_mac": 1.0,
+                             "fp32_add": 1.0, "int_add": 1.0, "int_mac": 1.0})["spike_rate"]
+    return list(rates.values())
+
+
+def test_stbp_kaiming_init_keeps_every_layer_of_the_deep_net_firing():
+    default, kaiming = stbp_7conv3fc_rates("torch"), stbp_7conv3fc_rates("kaiming_normal")
+    assert len(default) == len(kaiming) == 10
+    assert default[0] > 0.1 and max(default[3:]) == 0.0  # PyTorch's init: silent from layer 4 on
+    assert min(kaiming) > 0.1                              # every layer fires
+
+
+def test_stbp_kaiming_init_draws_weights_of_variance_two_over_fan_in_and_zero_biases():
+    torch.manual_seed(0)
+    module = STBPClassifier(model={"spec": ["C64", "FC256"], "init": "kaiming_normal"},
+                            in_shape=(32, 8, 8), num_classes=10, T=1)
+    for layer in [m for m in module.net.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]:
+        fan_in = layer.weight[0].numel()
+        assert float(layer.weight.detach().std()) == pytest.approx((2 / fan_in) ** 0.5, rel=0.05)
+        assert float(layer.bias.abs().max()) == 0.0
+    valid = r"unknown model.init 'xavier'; valid choices: \['torch', 'kaiming_normal'\]"
+    with pytest.raises(ValueError, match=valid):
+        STBPClassifier(model={"spec": ["FC4"], "init": "xavier"}, in_shape=(4,), num_classes=2, T=1)

@@ -25,7 +25,15 @@ def test_every_budgeted_row_composes_its_experiment_on_the_local_data(tmp_path):
         else:
             data = cfg.data.datamodule
             assert (data.dataset, data.layout, data.folders_subdir) == ("cifar10", "folders", "cifar10-jpeg")
-        assert (cfg.model.get("init") == "torch") == (variant == "torch_init")
+        variants = variant.split("+")
+        if name.startswith("calib_"):  # the reference init unless the variant asks for PyTorch's
+            assert (cfg.model.init == "torch") == ("torch_init" in variants)
+        if name.startswith("stbp_"):   # PyTorch's init (the authors') unless the variant says
+            assert (cfg.model.init == "kaiming_normal") == ("kaiming_init" in variants)
+        for width in [v for v in variants if v.startswith("width")]:
+            divisor = int(width.removeprefix("width"))
+            full = row_smoke.row_config(name, tmp_path).model.spec
+            assert [w for w in cfg.model.spec] == row_smoke.narrowed(list(full), divisor) != list(full)
         instantiate(cfg.data.datamodule)  # the row's own data keys do not leak into nmnist's
     assert "@" not in ",".join(row_smoke.DEFAULT_ROWS) and len(row_smoke.DEFAULT_ROWS) == 7
     assert row_smoke.head_classes("stbp_cifar100") == 100
@@ -54,3 +62,8 @@ def test_stratified_subset_takes_the_same_count_of_every_class():
     labels = [i % 3 for i in range(30)]
     subset = row_smoke.stratified_subset(list(range(30)), labels, 4)
     assert sorted(labels[i] for i in subset.indices) == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_narrowed_divides_every_conv_fc_and_sew_width_and_keeps_the_rest():
+    spec = ["C128", "C256s2", "P2", "D", "SEW64", "M2", "FC1024"]
+    assert row_smoke.narrowed(spec, 16) == ["C8", "C16s2", "P2", "D", "SEW4", "M2", "FC64"]
