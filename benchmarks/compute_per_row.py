@@ -57,9 +57,9 @@ class ShapeOnly:
         self.in_shape = (2, size, size) if "T" in cfg.data.datamodule else (3, 32, 32)
 
 
-def compose_row(row: str):
+def compose_row(row: str, overrides: list[str] | None = None):
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"experiment={row}"])
+        return compose("train", overrides=[f"experiment={row}", *(overrides or [])])
 
 
 def random_batch(module, cfg, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,6 +119,9 @@ def main() -> None:
     parser.add_argument("--gpu-tflops", type=float, default=20.0,
                         help="assumed sustained GPU throughput for the FLOP-based estimate")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Hydra override for every row (repeatable), e.g. "
+                             "method.module.neuron_kernels=eager")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,7 +131,7 @@ def main() -> None:
           f"| PFLOP | GPU h @ {args.gpu_tflops:g} TFLOP/s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for row in args.rows:
-        cfg = compose_row(row)
+        cfg = compose_row(row, args.override)
         torch.manual_seed(0)
         module = build_module(cfg, ShapeOnly(cfg)).to(device)
         total_h, total_flop = 0.0, 0.0

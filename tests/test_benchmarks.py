@@ -10,7 +10,8 @@ from tests.conftest import ROOT
 
 def test_compute_per_row_prints_stage_hours_and_flops():
     cmd = [sys.executable, str(ROOT / "benchmarks/compute_per_row.py"), "--rows", "stbp_cifar10_cpu",
-           "--steps", "1", "--threads", "1"]
+           "--steps", "1", "--threads", "1",
+           "--override", "method.module.neuron_kernels=eager"]  # no minute of compiling in a test
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if "stbp_cifar10_cpu" in line]

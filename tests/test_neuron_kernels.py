@@ -62,3 +62,21 @@ def test_compiled_kernels_for_a_network_without_them_is_an_error_not_a_no_op():
         TSSLClassifier(model=model, in_shape=(1, 8, 8), num_classes=3, T=2, neuron_kernels="compiled")
     with pytest.raises(ValueError, match=r"valid choices: \['eager', 'compiled'\]"):
         set_kernels(torch.nn.Sequential(STBPLIF()), "fast")
+
+
+def test_under_a_dispatch_mode_the_compiled_kernels_run_uncompiled_and_are_counted():
+    """FlopCounterMode (benchmarks/compute_per_row.py) is bypassed by compiled code; there the
+    kernels run as written, with the same results, and their operations are counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(6, 5)
+    x = torch.randn(4, 3, 6)
+    neuron = STBPLIF(v_threshold=0.5, decay=0.25, surrogate=Rectangular(1.0))
+    eager = neuron(layer(x))
+    neuron.kernels = "compiled"
+    with FlopCounterMode(display=False) as counter:
+        counted = neuron(layer(x))
+        counted.sum().backward()
+    assert torch.equal(counted, eager)
+    assert counter.get_total_flops() > 0

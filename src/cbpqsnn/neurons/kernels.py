@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
 from cbpqsnn.neurons.surrogates import Surrogate
 
@@ -27,10 +28,13 @@ KERNELS = ("eager", "compiled")
 
 
 def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` compiled on its first call (so importing this module compiles nothing)."""
+    """``fn`` compiled on its first call (so importing this module compiles nothing). Under a
+    dispatch mode (e.g. ``FlopCounterMode``, which compiled code bypasses) ``fn`` runs as written."""
     cache: dict[str, Callable[..., Any]] = {}
 
     def call(*args: Any) -> Any:
+        if _get_current_dispatch_mode_stack():
+            return fn(*args)
         if "fn" not in cache:
             cache["fn"] = torch.compile(fn, fullgraph=True)
         return cache["fn"](*args)
