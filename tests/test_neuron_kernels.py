@@ -46,14 +46,29 @@ def test_compiled_kernels_compute_the_eager_kernels_outputs_and_gradients(name):
         assert torch.equal(compiled[1], eager[1])
 
 
-def test_a_backbone_runs_its_neurons_with_the_kernels_it_is_given():
+def test_a_backbone_runs_its_neurons_with_the_kernels_it_is_given_compiling_each_once():
+    """Conv and FC layers, a static input expanded over T, two batch sizes, training and no-grad
+    evaluation all meet one compiled forward and one backward (the kernels see ``[T, N]``);
+    inference tensors add one forward. A run once failed here on dynamo's recompile limit."""
+    from torch._dynamo.utils import counters
+
     model = {"spec": ["C4", "P2", "FC8"]}
-    module = STBPClassifier(model=model, in_shape=(1, 8, 8), num_classes=3, T=2,
+    module = STBPClassifier(model=model, in_shape=(1, 8, 8), num_classes=3, T=3,
                             neuron_kernels="compiled")
     kinds = {m.kernels for m in module.net.modules() if isinstance(m, STBPLIF)}
     assert kinds == {"compiled"}
-    default = STBPClassifier(model=model, in_shape=(1, 8, 8), num_classes=3, T=2)
+    default = STBPClassifier(model=model, in_shape=(1, 8, 8), num_classes=3, T=3)
     assert {m.kernels for m in default.net.modules() if isinstance(m, STBPLIF)} == {"eager"}
+    before = counters["stats"]["unique_graphs"]
+    for batch in (4, 5, 4):
+        x, y = torch.randn(batch, 1, 8, 8), torch.randint(0, 3, (batch,))
+        module.loss(module.net(x), y).backward()
+    with torch.no_grad():
+        module.net(torch.randn(6, 1, 8, 8))
+    assert counters["stats"]["unique_graphs"] - before == 2
+    with torch.inference_mode():
+        module.net(torch.randn(7, 1, 8, 8))
+    assert counters["stats"]["unique_graphs"] - before == 3
 
 
 def test_compiled_kernels_for_a_network_without_them_is_an_error_not_a_no_op():

@@ -5,9 +5,10 @@ few PyTorch operations per step ("eager" kernels): every operation is one pass o
 tensor. Here the same loops are written as pure functions and handed to ``torch.compile``, which
 fuses each loop into one generated kernel (C++ on a CPU, Triton on a GPU) that reads each input
 once and writes each output once. Same equations, same rounding: the tests hold the compiled
-kernels to the eager ones (bitwise where the eager kernel is bitwise its step loop). The first
-call of every (shape, constants) pair compiles, which takes seconds to a minute on a CPU: worth
-it for runs of many steps, not for a short one.
+kernels to the eager ones (bitwise where the eager kernel is bitwise its step loop). The kernels
+see every tensor as ``[T, N]`` (:func:`flat`) with ``N`` dynamic, so a network compiles each
+kernel once per T and constants, again under ``torch.inference_mode`` (inference tensors): about
+a minute on a CPU, worth it for runs of many steps, not for a short one.
 
 Which neurons have compiled kernels: STBP's LIF and SpikingJelly's LIF / PLIF, the neurons with a
 ``kernels`` attribute (``"eager"`` by default; :func:`set_kernels` switches a whole network).
@@ -36,11 +37,21 @@ def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
         if _get_current_dispatch_mode_stack():
             return fn(*args)
         if "fn" not in cache:
-            cache["fn"] = torch.compile(fn, fullgraph=True)
+            # variants beside the shapes: T, grad mode vs inference tensors, dtype, constants
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+            cache["fn"] = torch.compile(fn, fullgraph=True, dynamic=True)
         return cache["fn"](*args)
     call.__doc__ = fn.__doc__
     call.__wrapped__ = fn  # type: ignore[attr-defined]
     return call
+
+
+def flat(x: Tensor) -> Tensor:
+    """``[T, ...]`` as a contiguous ``[T, N]``: the kernels are elementwise across everything but
+    time, so every layer (conv or FC, any batch, an input expanded over T) meets one compiled
+    kernel instead of one per rank, shape, stride, view base and ``requires_grad`` (detached:
+    the kernels run inside an autograd function, which records nothing)."""
+    return x.reshape(x.shape[0], -1).contiguous().detach()
 
 
 def _stbp_lif_forward(x: Tensor, v_threshold: float, decay: float) -> tuple[Tensor, Tensor]:
