@@ -115,11 +115,15 @@ BUDGETS: dict[str, Budget] = {
     # ... and with an init that keeps every layer firing (model.init=kaiming_normal)
     "stbp_cifar10@width16+kaiming_init": Budget(minutes=20, batch=None, test=1000),
     "stbp_cifar10@kaiming_init": Budget(minutes=5, batch=8, test=200),
+    # ... and at a tenth of the published SGD LR (0.3 drives the output layer silent, where the
+    # rectangular surrogate passes no gradient)
+    "stbp_cifar10@width16+kaiming_init+lr0.03": Budget(minutes=12, batch=None, test=1000),
     "sg_cifar10dvs@width4": Budget(minutes=15, batch=None),
 }
 DEFAULT_ROWS = [row for row in BUDGETS if "@" not in row]
 VARIANTS = {"torch_init": ["model.init=torch"], "no_dropout": ["model.dropout=0.0"],
-            "kaiming_init": ["model.init=kaiming_normal"]}
+            "kaiming_init": ["model.init=kaiming_normal"],
+            "lr0.03": ["method.pretrain.optimizer.lr=0.03"]}
 CIFAR_TRAIN_SUBSET = 10_000
 DVS_SIDE = 128
 CIFAR_FOLDER = "cifar10-jpeg"
