@@ -42,7 +42,6 @@ def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
             cache["fn"] = torch.compile(fn, fullgraph=True, dynamic=True)
         return cache["fn"](*args)
     call.__doc__ = fn.__doc__
-    call.__wrapped__ = fn  # type: ignore[attr-defined]
     return call
 
 
