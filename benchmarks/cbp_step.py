@@ -12,21 +12,19 @@ every fit are warm-up. Prints the median step of each and the ratio CBP / STE.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
+from step_timing import parse_step_args  # noqa: E402
 
 from cbpqsnn.builders import build_datamodule, build_module  # noqa: E402
 from cbpqsnn.pipeline import make_cbp_callback  # noqa: E402
@@ -63,16 +61,7 @@ def fit_steps(cfg, datamodule, state: dict, batches: int) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    args, overrides = parser.parse_known_args()
-    torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore")
-    import logging
-
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    args, overrides = parse_step_args(__doc__)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         configs = {algo: compose("train", overrides=[*overrides, f"quant.algorithm={algo}"])
                    for algo in ("cbp", "ste")}

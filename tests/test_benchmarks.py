@@ -1,5 +1,6 @@
 """The compute-per-row benchmark runs and prints one line per stage plus a total."""
 
+import re
 import subprocess
 import sys
 
@@ -43,3 +44,16 @@ def test_peer_speed_checks_the_columns_compute_the_same_function(monkeypatch):
     monkeypatch.setitem(peer_speed.COLUMNS, "project", LeakierProject)
     with pytest.raises(AssertionError, match="differ"):
         peer_speed.check("mlp", ["project"])
+
+
+def test_data_vs_compute_times_the_loader_against_batches_in_memory():
+    cmd = [sys.executable, str(ROOT / "benchmarks/data_vs_compute.py"), "--batches", "5",
+           "--rounds", "1", "--threads", "1", "quant=fp32"]  # the default run's network and mnist5k
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = result.stdout.strip().splitlines()[-1]
+    numbers = re.findall(r"([\d.]+) ms", line)
+    loader, memory = (float(n) for n in numbers)
+    ratio = float(line.rsplit("=", 1)[1])
+    assert "median of 5 each" in line  # --batches steps timed per fit, after the warm-up
+    assert loader > 0 and memory > 0 and abs(ratio - loader / memory) < 0.01

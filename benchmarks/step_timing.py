@@ -1,0 +1,24 @@
+"""Command line and quiet set-up shared by the step-timing benchmarks (``cbp_step.py``,
+``data_vs_compute.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import warnings
+
+import torch
+
+
+def parse_step_args(doc: str) -> tuple[argparse.Namespace, list[str]]:
+    """``--batches``, ``--rounds``, ``--threads`` and the Hydra overrides after them; sets the
+    thread count and silences warnings and Lightning's info lines."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--batches", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args, overrides = parser.parse_known_args()
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore")
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    return args, overrides
