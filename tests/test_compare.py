@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from cbpqsnn import comparison
 from cbpqsnn.comparison import FAIR, plan
 from cbpqsnn.reporting import report_sweep
 from tests.conftest import ROOT, TINY
@@ -62,3 +63,48 @@ def test_a_bad_override_stops_the_comparison_before_any_job_runs(tmp_path, capsy
     assert compare.main(["quant.scael=mse", "--out", str(out), "--seeds", "1"]) == 2
     assert "Could not override 'quant.scael'" in capsys.readouterr().err
     assert not out.exists()
+
+
+FAKE_TRAIN = """
+import json, os, sys, time
+from pathlib import Path
+args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a)
+run = Path(args["hydra.run.dir"])
+if "pretrained" in args:
+    assert Path(args["pretrained"]).is_file(), "started before its FP32 checkpoint existed"
+start = time.time()
+time.sleep(0.6)
+if args.get("quant") == "binary" and args.get("quant.algorithm") == "ste":
+    sys.exit(3)
+if args["quant"] == "fp32":
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "fp32.ckpt").write_text("w")
+(run / "summary.json").write_text(json.dumps(
+    {"start": start, "end": time.time(), "threads": os.environ.get("OMP_NUM_THREADS")}))
+"""
+
+
+def test_parallel_jobs_wait_for_their_seeds_fp32_run_and_share_the_cores(tmp_path, monkeypatch):
+    """A stand-in ``train.py`` sleeps, writes the checkpoint / summary and fails for binary STE."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(comparison.os, "cpu_count", lambda: 2)
+    fake = tmp_path / "train.py"
+    fake.write_text(FAKE_TRAIN)
+    jobs, _ = comparison.plan([], [1, 2], ["binary"], ["ptq", "cbp"], tmp_path / "cmp")
+    comparison.run_jobs(jobs, fake, log=lambda _: None, parallel=2)
+    summary = {(j.seed, j.name): json.loads((j.run_dir / "summary.json").read_text()) for j in jobs}
+    assert {s["threads"] for s in summary.values()} == {"1"}  # 2 cores / 2 jobs
+    for seed in (1, 2):
+        fp32_end = summary[seed, "fp32"]["end"]
+        assert all(summary[seed, name]["start"] >= fp32_end for name in ("binary_ptq", "binary_cbp"))
+    spans = sorted((s["start"], s["end"]) for s in summary.values())
+    most = max(sum(a <= t < b for a, b in spans) for t, _ in spans)
+    assert most == 2  # two at a time, never three
+    failing, _ = comparison.plan([], [3], ["binary"], ["ste", "cbp"], tmp_path / "cmp")
+    with pytest.raises(RuntimeError, match="seed 3 binary_ste failed"):
+        comparison.run_jobs(failing, fake, log=lambda _: None, parallel=2)
+    assert (tmp_path / "cmp" / "seed3" / "binary_cbp" / "summary.json").is_file()  # ran beside it
+    one_at_a_time, _ = comparison.plan([], [4], ["binary"], ["ste", "cbp"], tmp_path / "cmp")
+    with pytest.raises(RuntimeError, match="seed 4 binary_ste failed"):
+        comparison.run_jobs(one_at_a_time, fake, log=lambda _: None, parallel=1)
+    assert not (tmp_path / "cmp" / "seed4" / "binary_cbp").exists()  # nothing starts after a failure

@@ -26,7 +26,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,18 +89,60 @@ def check_jobs(jobs: Sequence[Job], compose: Callable[[list[str]], DictConfig]) 
         check_config(compose(list(job.overrides)))
 
 
-def run_jobs(jobs: Sequence[Job], train_py: Path, log: Callable[[str], None] = print) -> list[Path]:
-    """Run the jobs in order (skipping finished ones); returns the run folders."""
+def job_environment(parallel: int, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The jobs' environment: ours, plus ``OMP_NUM_THREADS`` = cores / ``parallel`` when jobs run
+    side by side (unless set): each job's PyTorch would otherwise take every core."""
+    env = dict(os.environ if environ is None else environ)
+    if parallel > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+    return env
+
+
+def run_jobs(jobs: Sequence[Job], train_py: Path, log: Callable[[str], None] = print,
+             parallel: int = 1) -> list[Path]:
+    """Run the jobs (skipping finished ones), up to ``parallel`` at a time, each seed's fine-tuning
+    jobs only once its FP32 job has finished; returns the run folders. A failed job stops the
+    launching of new ones; the running ones finish, then the failure is raised."""
+    if parallel < 1:
+        raise ValueError(f"parallel must be >= 1, got {parallel}")
+    env = job_environment(parallel)
+    pending: list[tuple[int, Job]] = []
     for i, job in enumerate(jobs, 1):
         if (job.run_dir / "summary.json").is_file():
             log(f"[{i}/{len(jobs)}] seed {job.seed} {job.name}: done before, kept")
-            continue
-        log(f"[{i}/{len(jobs)}] seed {job.seed} {job.name} -> {job.run_dir}")
-        job.run_dir.mkdir(parents=True, exist_ok=True)
-        with (job.run_dir / "stdout.log").open("w") as stdout:
-            code = subprocess.call(job.command(train_py), stdout=stdout, stderr=subprocess.STDOUT,
-                                   env=os.environ.copy())
-        if code != 0:
-            raise RuntimeError(f"job seed {job.seed} {job.name} failed (exit {code}); its output: "
-                               f"{job.run_dir / 'stdout.log'}")
+        else:
+            pending.append((i, job))
+    waiting_fp32 = {job.seed for _, job in pending if job.name == "fp32"}
+    running: dict[subprocess.Popen, Job] = {}
+    failures: list[str] = []
+    while pending or running:
+        ready = [(i, job) for i, job in pending if job.name == "fp32" or job.seed not in waiting_fp32]
+        while ready and len(running) < parallel and not failures:
+            i, job = ready.pop(0)
+            pending.remove((i, job))
+            log(f"[{i}/{len(jobs)}] seed {job.seed} {job.name} -> {job.run_dir}")
+            job.run_dir.mkdir(parents=True, exist_ok=True)
+            with (job.run_dir / "stdout.log").open("w") as stdout:
+                running[subprocess.Popen(job.command(train_py), stdout=stdout,
+                                         stderr=subprocess.STDOUT, env=env)] = job
+        if not running:
+            break  # nothing runs and nothing can start: a failure, or an FP32 job that failed
+        finished = _wait_any(running)
+        job = running.pop(finished)
+        if finished.returncode != 0:
+            failures.append(f"job seed {job.seed} {job.name} failed (exit {finished.returncode}); "
+                            f"its output: {job.run_dir / 'stdout.log'}")
+        elif job.name == "fp32":
+            waiting_fp32.discard(job.seed)
+    if failures:
+        raise RuntimeError("; ".join(failures))
     return [job.run_dir for job in jobs]
+
+
+def _wait_any(running: Mapping[subprocess.Popen, Job], poll_s: float = 1.0) -> subprocess.Popen:
+    """The first of the running processes to exit."""
+    while True:
+        for process in running:
+            if process.poll() is not None:
+                return process
+        time.sleep(poll_s)
