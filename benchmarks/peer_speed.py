@@ -18,7 +18,7 @@ stateless layers in ``SeqToANNContainer``) and ``snntorch`` (``Leaky(beta=0.5,
 reset_mechanism="zero", atan)`` stepped over T; its tutorials step the whole network instead, but
 batch norm over one step's batch is another function than over all T steps' samples). On request
 (``--columns``): ``project_step_loop``, the project's neuron run by its step-by-step definition
-(what the fused kernel replaces), ``project_compiled``, its compiled kernels
+(what the fused kernel replaces), ``project_compiled``, its compiled kernels, neuron and max pool
 (:mod:`cbpqsnn.neurons.kernels`; the warm-up steps compile), and ``layers_only``, a floor (not
 the same function, not checked): every neuron a stateless threshold, i.e. the cost of the layers
 alone.
@@ -146,12 +146,17 @@ class ProjectStepLoop(Project):
 
 
 class ProjectCompiled(Project):
-    """The same neuron with its compiled kernels (``neuron_kernels=compiled``; the warm-up steps
+    """The same neuron and pools with their compiled kernels (``neuron_kernels=compiled``: the
+    project's networks pool with :class:`cbpqsnn.nets.pools.SpikeMaxPool2d`; the warm-up steps
     compile them)."""
 
     def __init__(self, workload: str) -> None:
+        from cbpqsnn.nets.pools import SpikeMaxPool2d
+        from cbpqsnn.neurons.kernels import set_kernels
+
         super().__init__(workload)
-        self.neuron.kernels = "compiled"
+        self.pools = [SpikeMaxPool2d(p.kernel_size) if p is not None else None for p in self.pools]
+        set_kernels(nn.ModuleList([self.neuron, *filter(None, self.pools)]), "compiled")
 
 
 class SpikingJelly(nn.Module):

@@ -5,6 +5,7 @@ import torch
 
 from cbpqsnn.methods.stbp import STBPClassifier
 from cbpqsnn.methods.tsslbp import TSSLClassifier
+from cbpqsnn.nets.pools import SpikeAvgPool2d, SpikeMaxPool2d
 from cbpqsnn.neurons import STBPLIF, ParametricLIF, Rectangular, Sigmoid
 from cbpqsnn.neurons.kernels import set_kernels
 
@@ -55,10 +56,14 @@ def test_a_backbone_runs_its_neurons_with_the_kernels_it_is_given_compiling_each
     model = {"spec": ["C4", "P2", "FC8"]}
     module = STBPClassifier(model=model, in_shape=(1, 8, 8), num_classes=3, T=3,
                             neuron_kernels="compiled")
-    kinds = {m.kernels for m in module.net.modules() if isinstance(m, STBPLIF)}
-    assert kinds == {"compiled"}
+    switched = (STBPLIF, SpikeAvgPool2d)
+    assert {type(m): m.kernels for m in module.net.modules() if isinstance(m, switched)} == {
+        STBPLIF: "compiled", SpikeAvgPool2d: "compiled"}
     default = STBPClassifier(model=model, in_shape=(1, 8, 8), num_classes=3, T=3)
-    assert {m.kernels for m in default.net.modules() if isinstance(m, STBPLIF)} == {"eager"}
+    assert {m.kernels for m in default.net.modules() if isinstance(m, switched)} == {"eager"}
+    for pool in module.net.modules():  # their compiles are counted in test_compiled_pools_...
+        if isinstance(pool, SpikeAvgPool2d):
+            pool.kernels = "eager"
     before = counters["stats"]["unique_graphs"]
     for batch in (4, 5, 4):
         x, y = torch.randn(batch, 1, 8, 8), torch.randint(0, 3, (batch,))
@@ -95,3 +100,23 @@ def test_under_a_dispatch_mode_the_compiled_kernels_run_uncompiled_and_are_count
         counted.sum().backward()
     assert torch.equal(counted, eager)
     assert counter.get_total_flops() > 0
+
+
+@pytest.mark.parametrize("pool, shape", [(SpikeAvgPool2d(2), (4, 5, 7, 9)),   # partial windows
+                                         (SpikeMaxPool2d(2), (6, 3, 8, 8))])
+def test_compiled_pools_compute_pytorchs_pools_on_sums_of_spikes_bitwise(pool, shape):
+    """Forward and gradient equal to ``nn.AvgPool2d`` / ``nn.MaxPool2d`` on integer inputs 0..3
+    (spikes summed by SEW blocks; max pooling then meets many ties: the gradient must go to the
+    same first maximum of the window)."""
+    torch.manual_seed(0)
+    x = (torch.rand(shape) < 0.3).float() * torch.randint(1, 4, shape)
+    grads = torch.randn(pool(x).shape)
+    results = {}
+    for kernels in ("eager", "compiled"):
+        pool.kernels = kernels
+        xg = x.clone().requires_grad_(True)
+        out = pool(xg)
+        out.backward(grads)
+        results[kernels] = (out.detach(), xg.grad)
+    assert torch.equal(results["compiled"][0], results["eager"][0])
+    assert torch.equal(results["compiled"][1], results["eager"][1])

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from cbpqsnn.nets.pools import SpikeAvgPool2d, SpikeMaxPool2d
 from cbpqsnn.nets.sew import SEWBlock
 from cbpqsnn.neurons import MultiStepNeuron, TemporalModule, seq_apply
 
@@ -163,7 +164,7 @@ def build_spiking_net(
                                  f"in {list(spec)}; put C{size} before it")
             layers.append(SEWBlock(size, neuron, bias=bias, batch_norm=batch_norm))
         elif kind in ("avgpool", "maxpool"):
-            pool = nn.AvgPool2d if kind == "avgpool" else nn.MaxPool2d
+            pool = SpikeAvgPool2d if kind == "avgpool" else SpikeMaxPool2d
             layers.append(pool(size))
             shape = (shape[0], shape[1] // size, shape[2] // size)
         elif kind == "dropout":

@@ -1,0 +1,34 @@
+"""Pooling of spike maps (``P<k>`` / ``M<k>`` in a model spec): PyTorch's ``k x k`` average / max
+pool, run by a compiled kernel under ``neuron_kernels=compiled`` (:func:`cbpqsnn.neurons.kernels.pool_kernel`;
+switched with the neurons by :func:`~cbpqsnn.neurons.kernels.set_kernels`). Subclasses of
+``nn.AvgPool2d`` / ``nn.MaxPool2d``, so everything that reads a network (deployment, export) sees
+the same pools."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from cbpqsnn.neurons.kernels import pool_kernel
+
+
+class SpikeAvgPool2d(nn.AvgPool2d):
+    """``nn.AvgPool2d(k)`` (stride ``k``, no padding) with a compiled kernel on request."""
+
+    kernels = "eager"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kernels == "compiled":
+            return pool_kernel("avg", self.kernel_size)(x)
+        return super().forward(x)
+
+
+class SpikeMaxPool2d(nn.MaxPool2d):
+    """``nn.MaxPool2d(k)`` (stride ``k``, no padding) with a compiled kernel on request (the
+    gradient goes to the first maximum of each window, as PyTorch's)."""
+
+    kernels = "eager"
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.kernels == "compiled":
+            return pool_kernel("max", self.kernel_size)(x)
+        return super().forward(x)
