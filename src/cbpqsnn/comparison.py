@@ -89,10 +89,10 @@ def check_jobs(jobs: Sequence[Job], compose: Callable[[list[str]], DictConfig]) 
         check_config(compose(list(job.overrides)))
 
 
-def job_environment(parallel: int, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+def job_environment(parallel: int) -> dict[str, str]:
     """The jobs' environment: ours, plus ``OMP_NUM_THREADS`` = cores / ``parallel`` when jobs run
     side by side (unless set): each job's PyTorch would otherwise take every core."""
-    env = dict(os.environ if environ is None else environ)
+    env = dict(os.environ)
     if parallel > 1 and "OMP_NUM_THREADS" not in env:
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
     return env

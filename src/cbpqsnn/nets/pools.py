@@ -11,24 +11,27 @@ from torch import Tensor, nn
 from cbpqsnn.neurons.kernels import pool_kernel
 
 
-class SpikeAvgPool2d(nn.AvgPool2d):
-    """``nn.AvgPool2d(k)`` (stride ``k``, no padding) with a compiled kernel on request."""
+class _SwitchablePool:
+    """The pool's forward through the compiled kernel of its ``kind`` under ``kernels="compiled"``
+    (set by :func:`~cbpqsnn.neurons.kernels.set_kernels`), else PyTorch's own."""
 
+    kind: str
     kernels = "eager"
 
     def forward(self, x: Tensor) -> Tensor:
         if self.kernels == "compiled":
-            return pool_kernel("avg", self.kernel_size)(x)
+            return pool_kernel(self.kind, self.kernel_size)(x)
         return super().forward(x)
 
 
-class SpikeMaxPool2d(nn.MaxPool2d):
+class SpikeAvgPool2d(_SwitchablePool, nn.AvgPool2d):
+    """``nn.AvgPool2d(k)`` (stride ``k``, no padding) with a compiled kernel on request."""
+
+    kind = "avg"
+
+
+class SpikeMaxPool2d(_SwitchablePool, nn.MaxPool2d):
     """``nn.MaxPool2d(k)`` (stride ``k``, no padding) with a compiled kernel on request (the
     gradient goes to the first maximum of each window, as PyTorch's)."""
 
-    kernels = "eager"
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.kernels == "compiled":
-            return pool_kernel("max", self.kernel_size)(x)
-        return super().forward(x)
+    kind = "max"
