@@ -8,7 +8,8 @@
 Runs, per seed, ``quant=fp32`` and then every (level set, algorithm) pair from its checkpoint, each
 as a ``src/train.py`` process; finished jobs are kept when the command runs again. ``--parallel N``
 runs up to N jobs side by side (each with cores / N threads; a seed's fine-tuning jobs wait for its
-FP32 job): on 2 cores, two 1-thread jobs did 1.2x the work of one 2-thread job.
+FP32 job, which runs alone with every core): on 2 cores, two 1-thread jobs did 1.2x the work of one
+2-thread job.
 """
 
 from __future__ import annotations

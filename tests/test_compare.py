@@ -100,6 +100,10 @@ def test_parallel_jobs_wait_for_their_seeds_fp32_run_and_share_the_cores(tmp_pat
     spans = sorted((s["start"], s["end"]) for s in summary.values())
     most = max(sum(a <= t < b for a, b in spans) for t, _ in spans)
     assert most == 2  # two at a time, never three
+    alone, _ = comparison.plan([], [5], ["binary"], ["ptq", "cbp"], tmp_path / "cmp")
+    comparison.run_jobs(alone, fake, log=lambda _: None, parallel=2)
+    threads = {j.name: json.loads((j.run_dir / "summary.json").read_text())["threads"] for j in alone}
+    assert threads == {"fp32": None, "binary_ptq": "1", "binary_cbp": "1"}  # FP32 alone: all cores
     failing, _ = comparison.plan([], [3], ["binary"], ["ste", "cbp"], tmp_path / "cmp")
     with pytest.raises(RuntimeError, match="seed 3 binary_ste failed"):
         comparison.run_jobs(failing, fake, log=lambda _: None, parallel=2)

@@ -89,12 +89,12 @@ def check_jobs(jobs: Sequence[Job], compose: Callable[[list[str]], DictConfig]) 
         check_config(compose(list(job.overrides)))
 
 
-def job_environment(parallel: int) -> dict[str, str]:
-    """The jobs' environment: ours, plus ``OMP_NUM_THREADS`` = cores / ``parallel`` when jobs run
+def job_environment(side_by_side: int) -> dict[str, str]:
+    """A job's environment: ours, plus ``OMP_NUM_THREADS`` = cores / ``side_by_side`` when jobs run
     side by side (unless set): each job's PyTorch would otherwise take every core."""
     env = dict(os.environ)
-    if parallel > 1 and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // parallel))
+    if side_by_side > 1 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // side_by_side))
     return env
 
 
@@ -105,7 +105,6 @@ def run_jobs(jobs: Sequence[Job], train_py: Path, log: Callable[[str], None] = p
     launching of new ones; the running ones finish, then the failure is raised."""
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1, got {parallel}")
-    env = job_environment(parallel)
     pending: list[tuple[int, Job]] = []
     for i, job in enumerate(jobs, 1):
         if (job.run_dir / "summary.json").is_file():
@@ -120,6 +119,9 @@ def run_jobs(jobs: Sequence[Job], train_py: Path, log: Callable[[str], None] = p
         while ready and len(running) < parallel and not failures:
             i, job = ready.pop(0)
             pending.remove((i, job))
+            # threads from the jobs that will share the cores now: a seed's FP32 job, alone until
+            # it ends, gets them all (threads are fixed for a job's life)
+            env = job_environment(min(parallel, len(running) + 1 + len(ready)))
             log(f"[{i}/{len(jobs)}] seed {job.seed} {job.name} -> {job.run_dir}")
             job.run_dir.mkdir(parents=True, exist_ok=True)
             with (job.run_dir / "stdout.log").open("w") as stdout:
