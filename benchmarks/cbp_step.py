@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from step_timing import parse_step_args  # noqa: E402
+from step_timing import parse_step_args, step_trainer  # noqa: E402
 
 from cbpqsnn.builders import build_datamodule, build_module  # noqa: E402
 from cbpqsnn.pipeline import make_cbp_callback  # noqa: E402
@@ -50,12 +50,7 @@ def fit_steps(cfg, datamodule, state: dict, batches: int) -> list[float]:
     stage = cfg.method.cbp
     module.set_optimization(instantiate(stage.optimizer))
     timer = StepTimer()
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=batches, limit_val_batches=0,
-                        accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[make_cbp_callback(cfg), timer],
-                        gradient_clip_val=stage.gradient_clip_val,
-                        gradient_clip_algorithm=stage.gradient_clip_algorithm)
+    trainer = step_trainer(cfg, stage, batches, [make_cbp_callback(cfg), timer])
     trainer.fit(module, datamodule=datamodule)
     return timer.times[WARMUP:]
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from step_timing import parse_step_args  # noqa: E402
+from step_timing import parse_step_args, step_trainer  # noqa: E402
 
 from cbpqsnn.builders import build_datamodule, build_module  # noqa: E402
 
@@ -58,30 +58,32 @@ class StepInterval(L.Callback):
 def fit_steps(cfg, module: L.LightningModule, loader: DataLoader, batches: int) -> list[float]:
     """The ``batches`` step intervals after the warm-up of one fit."""
     timer = StepInterval()
-    trainer = L.Trainer(max_epochs=1, limit_train_batches=batches + WARMUP + 1, limit_val_batches=0,
-                        accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
-                        gradient_clip_val=cfg.method.pretrain.gradient_clip_val,
-                        gradient_clip_algorithm=cfg.method.pretrain.gradient_clip_algorithm)
+    trainer = step_trainer(cfg, cfg.method.pretrain, batches + WARMUP + 1, [timer])
     trainer.fit(module, train_dataloaders=loader)
     return timer.times[WARMUP:]
+
+
+def training_data(cfg, batches: int) -> tuple[L.LightningDataModule, DataLoader, DataLoader]:
+    """The run's datamodule, its training loader, and the loader's first batches (enough for one
+    timed fit) replayed from memory."""
+    L.seed_everything(0, verbose=False)
+    datamodule = build_datamodule(cfg)
+    datamodule.batch_size = int(cfg.method.pretrain.batch_size)
+    datamodule.setup("fit")
+    loader = datamodule.train_dataloader()
+    fetched = []
+    for batch in loader:
+        fetched.append(batch)
+        if len(fetched) == batches + WARMUP + 1:
+            break
+    return datamodule, loader, DataLoader(fetched, batch_size=None, shuffle=False, num_workers=0)
 
 
 def main() -> None:
     args, overrides = parse_step_args(__doc__)
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides or DEFAULT_OVERRIDES)
-    L.seed_everything(0, verbose=False)
-    datamodule = build_datamodule(cfg)
-    datamodule.batch_size = int(cfg.method.pretrain.batch_size)
-    datamodule.setup("fit")
-    loader = datamodule.train_dataloader()
-    batches = []
-    for batch in loader:
-        batches.append(batch)
-        if len(batches) == args.batches + WARMUP + 1:
-            break
-    in_memory = DataLoader(batches, batch_size=None, shuffle=False, num_workers=0)
+    datamodule, loader, in_memory = training_data(cfg, args.batches)
     module = build_module(cfg, datamodule)
     module.set_optimization(instantiate(cfg.method.pretrain.optimizer))
     times: dict[str, list[float]] = {"loader": [], "compute": []}

@@ -7,6 +7,7 @@ import argparse
 import logging
 import warnings
 
+import lightning as L
 import torch
 
 
@@ -22,3 +23,14 @@ def parse_step_args(doc: str) -> tuple[argparse.Namespace, list[str]]:
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     return args, overrides
+
+
+def step_trainer(cfg, stage, batches: int, callbacks: list) -> L.Trainer:
+    """A quiet one-epoch CPU trainer of ``batches`` steps with the run's precision
+    (``trainer.precision``) and the stage's gradient clipping, as ``src/train.py`` trains."""
+    return L.Trainer(max_epochs=1, limit_train_batches=batches, limit_val_batches=0,
+                     accelerator="cpu", precision=cfg.trainer.precision, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, callbacks=callbacks,
+                     gradient_clip_val=stage.gradient_clip_val,
+                     gradient_clip_algorithm=stage.gradient_clip_algorithm)

@@ -46,14 +46,28 @@ def test_peer_speed_checks_the_columns_compute_the_same_function(monkeypatch):
         peer_speed.check("mlp", ["project"])
 
 
-def test_data_vs_compute_times_the_loader_against_batches_in_memory():
-    cmd = [sys.executable, str(ROOT / "benchmarks/data_vs_compute.py"), "--batches", "5",
-           "--rounds", "1", "--threads", "1", "quant=fp32"]  # the default run's network and mnist5k
+def step_benchmark_line(script: str, batches: int) -> str:
+    """The result line of a step-timing benchmark on the default run's network and mnist5k."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / script), "--batches", str(batches),
+           "--rounds", "1", "--threads", "1", "quant=fp32"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    line = result.stdout.strip().splitlines()[-1]
+    return result.stdout.strip().splitlines()[-1]
+
+
+def test_data_vs_compute_times_the_loader_against_batches_in_memory():
+    line = step_benchmark_line("data_vs_compute.py", batches=5)
     numbers = re.findall(r"([\d.]+) ms", line)
     loader, memory = (float(n) for n in numbers)
     ratio = float(line.rsplit("=", 1)[1])
     assert "median of 5 each" in line  # --batches steps timed per fit, after the warm-up
     assert loader > 0 and memory > 0 and abs(ratio - loader / memory) < 0.01
+
+
+def test_precision_step_times_float32_against_bf16_autocast_from_the_same_init():
+    line = step_benchmark_line("precision_step.py", batches=3)
+    fp32, bf16 = (float(n) for n in re.findall(r"([\d.]+) ms", line))
+    ratio = float(re.search(r"bf16 / float32 = ([\d.]+)", line).group(1))
+    losses = [float(v) for v in re.findall(r"(?:float32|bf16-mixed) ([\d.]+)(?:,|$)", line)]
+    assert "median of 3 each" in line and abs(ratio - bf16 / fp32) < 0.01
+    assert len(losses) == 2 and losses[0] != losses[1]  # two trainings: bf16 rounds differently

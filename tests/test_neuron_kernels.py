@@ -47,6 +47,24 @@ def test_compiled_kernels_compute_the_eager_kernels_outputs_and_gradients(name):
         assert torch.equal(compiled[1], eager[1])
 
 
+def test_compiled_kernel_takes_a_bf16_current_with_a_float32_membrane():
+    """Mixed precision: the compiled kernel casts inside (no wrapper cast) and must still sum the
+    membrane in float32: column 0's second step is 0.25 * 0.400390625 + 0.400390625 = 0.50049,
+    a spike in float32 and exactly the threshold 0.5 (no spike) in bf16."""
+    torch.manual_seed(0)
+    x = (torch.randn(4, 2, 30) * 0.8 + 0.3).bfloat16()
+    x[:2, 0, 0] = 0.400390625
+    weights = torch.randn(x.shape)
+    neuron = STBPLIF(v_threshold=0.5, decay=0.25, surrogate=Rectangular(1.0))
+    eager = outputs_and_gradients(neuron, x, weights)
+    neuron.kernels = "compiled"
+    compiled = outputs_and_gradients(neuron, x, weights)
+    assert compiled[0].dtype == compiled[1].dtype == torch.bfloat16
+    assert compiled[0][:2, 0, 0].tolist() == [0.0, 1.0]
+    assert torch.equal(compiled[0], eager[0])
+    torch.testing.assert_close(compiled[1], eager[1], rtol=1e-2, atol=1e-3)  # bf16 rounding
+
+
 def test_a_backbone_runs_its_neurons_with_the_kernels_it_is_given_compiling_each_once():
     """Conv and FC layers, a static input expanded over T, two batch sizes, training and no-grad
     evaluation all meet one compiled forward and one backward (the kernels see ``[T, N]``);

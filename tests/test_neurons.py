@@ -151,3 +151,28 @@ def test_fused_stbp_lif_is_bitwise_its_step_loop_in_float32(surrogate, detach_re
 def test_in_place_surrogate_derivative_is_bitwise_the_derivative(surrogate):
     x = torch.randn(1000, generator=torch.Generator().manual_seed(4))
     assert torch.equal(surrogate.derivative_(x.clone()), surrogate.derivative(x))
+
+
+def test_every_neuron_runs_its_time_loop_in_float32_on_a_half_precision_current():
+    """Mixed precision hands the neurons bf16 currents; the membrane must not be summed in bf16."""
+    assert all(getattr(cls.forward, "float32_time_loop", False) for cls in _all_neuron_classes())
+    # bf16-exact currents whose second-step membrane 0.25 * 0.400390625 + 0.400390625 = 0.50049 is
+    # above the threshold 0.5 in float32 but rounds to 0.5 (no spike) in bf16
+    x = torch.tensor([[0.400390625], [0.400390625]], dtype=torch.bfloat16)
+    out = neurons.STBPLIF(v_threshold=0.5, decay=0.25)(x)
+    assert out.dtype == torch.bfloat16 and out.flatten().tolist() == [0.0, 1.0]
+
+
+@pytest.mark.parametrize("case", NEURON_CASES)
+def test_a_bf16_current_gives_the_float32_neurons_spikes_and_gradient_in_bf16(case):
+    neuron = NEURON_CASES[case][0]().float()
+    x32 = (torch.randn(6, 3, 4, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.6)
+    x16 = x32.bfloat16().requires_grad_(True)
+    x32 = x16.detach().float().requires_grad_(True)
+    weights = torch.randn(6, 3, 4, generator=torch.Generator().manual_seed(1))
+    out16, out32 = neuron(x16), neuron(x32)
+    assert out16.dtype == torch.bfloat16 and 0 < int(out32.count_nonzero()) < out32.numel()
+    assert torch.equal(out16, out32.bfloat16())
+    (grad16,) = torch.autograd.grad((out16.float() * weights).sum(), x16)
+    (grad32,) = torch.autograd.grad((out32.bfloat16().float() * weights).sum(), x32)
+    assert grad16.dtype == torch.bfloat16 and torch.equal(grad16, grad32.bfloat16())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -22,6 +24,29 @@ def seq_apply(layer: nn.Module, x: Tensor) -> Tensor:
     return y.view(steps, batch, *y.shape[1:])
 
 
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def float32_time_loop(forward: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """A neuron's ``forward`` for mixed precision: under autocast (``trainer.precision=bf16-mixed``
+    or ``16-mixed``) a conv / linear layer hands the neuron a half-precision current; the time loop
+    then runs in float32 (the membrane sums T steps of currents: bf16's 8-bit mantissa would round
+    it at every step and move spikes near the threshold) and the output returns in the current's
+    dtype -- exact for spikes, and the dtype autocast would give the next conv / linear anyway.
+    The gradient flows back through both casts. Float32 / float64 inputs pass unchanged. Compiled
+    kernels (``kernels == "compiled"``, :mod:`cbpqsnn.neurons.kernels`) take the half-precision
+    current as it is and cast inside the kernel, where the casts cost no pass of their own."""
+
+    @functools.wraps(forward)
+    def wrapped(self: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        if x.dtype in HALF_DTYPES and getattr(self, "kernels", "eager") != "compiled":
+            return forward(self, x.float(), *args, **kwargs).to(x.dtype)
+        return forward(self, x, *args, **kwargs)
+
+    wrapped.float32_time_loop = True
+    return wrapped
+
+
 class MultiStepNeuron(TemporalModule):
     """Base of every spiking neuron: ``[T, B, ...]`` input current -> ``[T, B, ...]`` output.
 
@@ -29,8 +54,16 @@ class MultiStepNeuron(TemporalModule):
     ``None`` at t = 0); :meth:`step_loop` runs it over T and is the default ``forward``. A neuron
     with a fused multi-step kernel (the whole time loop in one autograd function) overrides
     ``forward`` with it; ``step_loop`` stays its definition, and the tests check that the two
-    give the same outputs (and, where the kernel claims it, the same gradients).
+    give the same outputs (and, where the kernel claims it, the same gradients). Every neuron's
+    ``forward`` (this one and any subclass's) runs its time loop in float32 on half-precision
+    currents (:func:`float32_time_loop`, applied by ``__init_subclass__``).
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        forward = cls.__dict__.get("forward")
+        if forward is not None and not getattr(forward, "float32_time_loop", False):
+            cls.forward = float32_time_loop(forward)
 
     def __init__(self, surrogate: Surrogate) -> None:
         super().__init__()
@@ -48,6 +81,7 @@ class MultiStepNeuron(TemporalModule):
             outputs.append(out_t)
         return torch.stack(outputs)
 
+    @float32_time_loop
     def forward(self, x: Tensor) -> Tensor:
         return self.step_loop(x)
 

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
+from cbpqsnn.neurons.base import HALF_DTYPES
 from cbpqsnn.neurons.surrogates import Surrogate
 
 KERNELS = ("eager", "compiled")
@@ -58,49 +59,60 @@ def flat(x: Tensor) -> Tensor:
     return x.reshape(x.shape[0], -1).contiguous().detach()
 
 
+def _full(x: Tensor) -> Tensor:
+    """A half-precision tensor as float32 (inside a compiled kernel the cast fuses into the loop:
+    mixed precision costs no pass of its own); float32 / float64 unchanged."""
+    return x.float() if x.dtype in HALF_DTYPES else x
+
+
 def _stbp_lif_forward(x: Tensor, v_threshold: float, decay: float) -> tuple[Tensor, Tensor]:
     """Spikes and membranes ``u`` of :class:`cbpqsnn.neurons.STBPLIF` over ``[T, ...]``:
-    ``u[t] = x[t] + (decay u[t-1]) q[t-1]``, ``q = 1[u <= V_th]``, ``o[t] = 1[u[t] > V_th]``."""
+    ``u[t] = x[t] + (decay u[t-1]) q[t-1]``, ``q = 1[u <= V_th]``, ``o[t] = 1[u[t] > V_th]``.
+    The membranes are float32 (or float64) for any current; spikes come in the current's dtype."""
     spikes, membranes = [], []
-    u = x[0]
-    quiet = x[0]
+    u = _full(x[0])
+    quiet = u
     for t in range(x.shape[0]):
         if t:
-            u = torch.addcmul(x[t], u, quiet, value=decay)
+            u = torch.addcmul(_full(x[t]), u, quiet, value=decay)
         spikes.append((u > v_threshold).to(x.dtype))
-        quiet = (u <= v_threshold).to(x.dtype)
+        quiet = (u <= v_threshold).to(u.dtype)
         membranes.append(u)
     return torch.stack(spikes), torch.stack(membranes)
 
 
 def _stbp_lif_backward(grad_spikes: Tensor, u: Tensor, v_threshold: float, decay: float,
                        surrogate: Surrogate, detach_reset: bool) -> Tensor:
-    """``dL/dx`` of :func:`_stbp_lif_forward` (the equations of ``_STBPLIFFunction``)."""
+    """``dL/dx`` of :func:`_stbp_lif_forward` (the equations of ``_STBPLIFFunction``), in the
+    dtype of ``grad_spikes`` (the current's)."""
     steps = u.shape[0]
-    gu = surrogate.derivative(u[-1] - v_threshold) * grad_spikes[-1]
+    gu = surrogate.derivative(u[-1] - v_threshold) * _full(grad_spikes[-1])
     grads = [gu]
     for t in range(steps - 2, -1, -1):
-        spike_grad = grad_spikes[t] if detach_reset else grad_spikes[t] - gu * (u[t] * decay)
+        spike_grad = _full(grad_spikes[t])
+        if not detach_reset:
+            spike_grad = spike_grad - gu * (u[t] * decay)
         direct = surrogate.derivative(u[t] - v_threshold) * spike_grad
         gu = torch.addcmul(direct, gu, (u[t] <= v_threshold).to(u.dtype), value=decay)
         grads.append(gu)
-    return torch.stack(grads[::-1])
+    return torch.stack(grads[::-1]).to(grad_spikes.dtype)
 
 
 def _plif_forward(x: Tensor, k: Tensor, v_threshold: float, v_reset: float
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """Spikes, ``H`` and ``d = X - (V - V_r)`` of :class:`cbpqsnn.neurons.ParametricLIF`
-    (``k`` a 0-d tensor: a learnable constant must not be baked into the compiled kernel)."""
+    (``k`` a 0-d tensor: a learnable constant must not be baked into the compiled kernel).
+    ``H`` and ``d`` are float32 (or float64) for any current; spikes in the current's dtype."""
     spikes, hs, ds = [], [], []
-    v = torch.full_like(x[0], v_reset)
+    v = torch.full_like(x[0], v_reset, dtype=k.dtype)
     for t in range(x.shape[0]):
-        d = x[t] - (v - v_reset if v_reset else v)
+        d = _full(x[t]) - (v - v_reset if v_reset else v)
         h = d * k + v
-        s = (h >= v_threshold).to(x.dtype)
-        v = h * (h < v_threshold).to(x.dtype)
+        s = (h >= v_threshold).to(h.dtype)
+        v = h * (h < v_threshold).to(h.dtype)
         if v_reset:
             v = v + s * v_reset
-        spikes.append(s)
+        spikes.append(s.to(x.dtype))
         hs.append(h)
         ds.append(d)
     return torch.stack(spikes), torch.stack(hs), torch.stack(ds)
@@ -108,12 +120,13 @@ def _plif_forward(x: Tensor, k: Tensor, v_threshold: float, v_reset: float
 
 def _plif_backward(grad_spikes: Tensor, h: Tensor, d: Tensor, k: Tensor, v_threshold: float,
                    v_reset: float, surrogate: Surrogate, detach_reset: bool) -> tuple[Tensor, Tensor]:
-    """``dL/dX`` and ``dL/dk`` of :func:`_plif_forward` (the equations of ``_PLIFFunction``)."""
+    """``dL/dX`` (in the dtype of ``grad_spikes``) and ``dL/dk`` of :func:`_plif_forward` (the
+    equations of ``_PLIFFunction``)."""
     grads = []
     grad_k = torch.zeros((), dtype=h.dtype, device=h.device)
     gv = None
     for t in range(h.shape[0] - 1, -1, -1):
-        spike_grad = grad_spikes[t]
+        spike_grad = _full(grad_spikes[t])
         if gv is not None and not detach_reset:
             spike_grad = spike_grad + gv * (v_reset - h[t])
         gh = surrogate.derivative(h[t] - v_threshold) * spike_grad
@@ -122,7 +135,7 @@ def _plif_backward(grad_spikes: Tensor, h: Tensor, d: Tensor, k: Tensor, v_thres
         grads.append(gh * k)
         grad_k = grad_k + (gh * d[t]).sum()
         gv = gh - gh * k
-    return torch.stack(grads[::-1]), grad_k
+    return torch.stack(grads[::-1]).to(grad_spikes.dtype), grad_k
 
 
 stbp_lif_forward = _compiled(_stbp_lif_forward)
