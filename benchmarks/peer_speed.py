@@ -19,9 +19,9 @@ reset_mechanism="zero", atan)`` stepped over T; its tutorials step the whole net
 batch norm over one step's batch is another function than over all T steps' samples). On request
 (``--columns``): ``project_step_loop``, the project's neuron run by its step-by-step definition
 (what the fused kernel replaces), ``project_compiled``, its compiled kernels, neuron and max pool
-(:mod:`cbpqsnn.neurons.kernels`; the warm-up steps compile), and ``layers_only``, a floor (not
-the same function, not checked): every neuron a stateless threshold, i.e. the cost of the layers
-alone.
+(:mod:`cbpqsnn.neurons.kernels`; the warm-up steps compile), ``layers_only`` (every neuron a
+stateless threshold; another function, not checked) and ``synapses_only``, the floor: every neuron
+removed, the synapse layers and pools alone, which any implementation must run (not checked).
 
 A step is forward, loss, backward and an SGD step. Every column runs in its own process (the
 peers are the optional ``bench`` extra); each process warms up, then times ``--repeats`` x
@@ -206,9 +206,9 @@ class SnnTorch(nn.Module):
 
 
 class LayersOnly(Project):
-    """A floor, not the same function: each neuron replaced by a stateless threshold of its input
-    current (one operation over all T steps, no membrane, no time loop). What a step costs in the
-    layers alone: no neuron implementation can make the step faster than this."""
+    """Not the same function: each neuron replaced by a stateless threshold of its input current
+    (one autograd function over all T steps, no membrane, no time loop). Not a floor either: the
+    threshold and its surrogate still pass over every step's current (``synapses_only`` is one)."""
 
     def forward(self, x: Tensor) -> Tensor:
         for block, pool in zip(self.blocks, self.pools, strict=True):
@@ -217,10 +217,22 @@ class LayersOnly(Project):
         return x
 
 
+class SynapsesOnly(Project):
+    """The floor: every neuron removed (the synapse blocks and pools, forward and backward, on the
+    same shapes). Any implementation of the workload runs at least these layers, so no neuron can
+    make the step faster than this column; a target below it cannot be met on this machine."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        for block, pool in zip(self.blocks, self.pools, strict=True):
+            x = merged(block, x)
+            x = merged(pool, x) if pool is not None else x
+        return x
+
+
 COLUMNS = {"plain": Plain, "project": Project, "spikingjelly": SpikingJelly, "snntorch": SnnTorch,
            "project_step_loop": ProjectStepLoop, "project_compiled": ProjectCompiled,
-           "layers_only": LayersOnly}
-FLOORS = {"layers_only"}  # timed, not checked: another function
+           "layers_only": LayersOnly, "synapses_only": SynapsesOnly}
+FLOORS = {"layers_only", "synapses_only"}  # timed, not checked: other functions
 
 
 def loss_of(out: Tensor, target: Tensor) -> Tensor:
