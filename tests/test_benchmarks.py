@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tests.conftest import ROOT
 
@@ -71,3 +72,17 @@ def test_precision_step_times_float32_against_bf16_autocast_from_the_same_init()
     losses = [float(v) for v in re.findall(r"(?:float32|bf16-mixed) ([\d.]+)(?:,|$)", line)]
     assert "median of 3 each" in line and abs(ratio - bf16 / fp32) < 0.01
     assert len(losses) == 2 and losses[0] != losses[1]  # two trainings: bf16 rounds differently
+
+
+def test_peer_speed_floor_runs_the_same_layers_without_any_neuron():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import peer_speed
+
+    x, _ = peer_speed.data("mlp")
+    x = x[:3, :4]
+    expected = x
+    for layer in peer_speed.stateless_layers("mlp"):  # the same seeded weights as every column
+        expected = peer_speed.merged(layer, expected)
+    out = peer_speed.COLUMNS["synapses_only"]("mlp")(x)
+    torch.testing.assert_close(out, expected)
+    assert "synapses_only" in peer_speed.FLOORS  # timed, never checked as the same function
