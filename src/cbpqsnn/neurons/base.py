@@ -35,7 +35,10 @@ def float32_time_loop(forward: Callable[..., Tensor]) -> Callable[..., Tensor]:
     dtype -- exact for spikes, and the dtype autocast would give the next conv / linear anyway.
     The gradient flows back through both casts. Float32 / float64 inputs pass unchanged. Compiled
     kernels (``kernels == "compiled"``, :mod:`cbpqsnn.neurons.kernels`) take the half-precision
-    current as it is and cast inside the kernel, where the casts cost no pass of their own."""
+    current as it is and cast inside the kernel, where the casts cost no pass of their own.
+    A deliberate deviation from the SEW rows' references: SpikingJelly's CuPy neurons keep the
+    half-precision dtype of their input under AMP; a float32 membrane is the more exact function
+    and costs only the casts."""
 
     @functools.wraps(forward)
     def wrapped(self: nn.Module, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
