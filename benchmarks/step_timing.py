@@ -1,5 +1,5 @@
-"""Command line and quiet set-up shared by the step-timing benchmarks (``cbp_step.py``,
-``data_vs_compute.py``)."""
+"""Command line, quiet set-up and trainer shared by the step-timing benchmarks (``cbp_step.py``,
+``data_vs_compute.py``, ``precision_step.py``)."""
 
 from __future__ import annotations
 
