@@ -112,6 +112,8 @@ BUDGETS: dict[str, Budget] = {
     # loss fall at batch 50?
     "stbp_cifar10@width16": Budget(minutes=20, batch=None, test=1000),
     "tsslbp_cifar10@width4": Budget(minutes=20, batch=None, test=1000),
+    # ... with TSSL-BP's later backward (method.module.backward=tssl_rising)
+    "tsslbp_cifar10@width4+tssl_rising": Budget(minutes=20, batch=None, test=1000),
     # ... and with an init that keeps every layer firing (model.init=kaiming_normal)
     "stbp_cifar10@width16+kaiming_init": Budget(minutes=20, batch=None, test=1000),
     "stbp_cifar10@kaiming_init": Budget(minutes=5, batch=8, test=200),
@@ -123,7 +125,8 @@ BUDGETS: dict[str, Budget] = {
 DEFAULT_ROWS = [row for row in BUDGETS if "@" not in row]
 VARIANTS = {"torch_init": ["model.init=torch"], "no_dropout": ["model.dropout=0.0"],
             "kaiming_init": ["model.init=kaiming_normal"],
-            "lr0.03": ["method.pretrain.optimizer.lr=0.03"]}
+            "lr0.03": ["method.pretrain.optimizer.lr=0.03"],
+            "tssl_rising": ["method.module.backward=tssl_rising"]}
 CIFAR_TRAIN_SUBSET = 10_000
 DVS_SIDE = 128
 CIFAR_FOLDER = "cifar10-jpeg"

@@ -40,14 +40,16 @@ def reference_forward(current, c=C):
 
 def reference_backward(current, grad_out, c=C):
     """One neuron, written after the TSSL-BP reference code's structure: explicit kernel sums,
-    ``theta`` carrying the next spike's gradient, fallback replacing the value afterwards."""
+    ``theta`` carrying the next spike's gradient, fallback replacing the value afterwards.
+    ``partial_u`` is masked by the spike (``* out``) unless ``c.rising_timing`` (later master)."""
     T = len(current)
     u, du, s, a = reference_forward(current, c)
     eps = [(1 / c.tau_s) * (1 - 1 / c.tau_s) ** k for k in range(T)]
     theta_m = 1 / c.tau_m
     grad, theta = [0.0] * T, 0.0
     for t in reversed(range(T)):
-        partial_u = -min(1 / du[t], c.max_inverse_slope) if (s[t] and du[t] > 0) else 0.0
+        timed = s[t] or c.rising_timing
+        partial_u = -min(1 / du[t], c.max_inverse_slope) if (timed and du[t] > 0) else 0.0
         kernel_sum = sum(eps[k] * grad_out[t + k] for k in range(T - t))
         total = -partial_u * kernel_sum
         if t != T - 1:
@@ -105,14 +107,16 @@ def test_psp_input_filters_a_static_image_and_pool_is_a_scaled_sum():
 # --------------------------------------------------------------------------- backward
 
 
+@pytest.mark.parametrize("rising", [False, True], ids=["spike_steps", "rising_timing"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_backward_matches_the_loop_reference_exactly(seed):
+def test_backward_matches_the_loop_reference_exactly(seed, rising):
+    c = TSSLConstants(tau_m=5.0, tau_s=3.0, v_threshold=1.0, rising_timing=rising)
     current = random_currents(seed=seed)
     grad_out = torch.randn(current.shape, generator=torch.Generator().manual_seed(10 + seed),
                            dtype=torch.float64)
-    _, grad = tssl_grad(current, grad_out)
+    _, grad = tssl_grad(current, grad_out, c)
     flat_i, flat_g = current.reshape(current.shape[0], -1), grad_out.reshape(current.shape[0], -1)
-    expected = torch.tensor([reference_backward(flat_i[:, n].tolist(), flat_g[:, n].tolist())
+    expected = torch.tensor([reference_backward(flat_i[:, n].tolist(), flat_g[:, n].tolist(), c)
                              for n in range(flat_i.shape[1])], dtype=torch.float64).T
     torch.testing.assert_close(grad.reshape(expected.shape), expected, rtol=1e-12, atol=1e-13)
     # every branch is exercised: spikes, repeated spikes, silent and non-silent quiet steps
@@ -120,6 +124,8 @@ def test_backward_matches_the_loop_reference_exactly(seed):
     a = torch.tensor([reference_forward(flat_i[:, n].tolist())[3] for n in range(flat_i.shape[1])])
     silent = a < 1 / 12
     assert s.sum() > 5 and (s.sum(1) >= 2).any() and silent.any() and ((s == 0) & ~silent).any()
+    if rising:  # the quiet, non-silent, rising steps are there, and change the gradient
+        assert not torch.allclose(grad, tssl_grad(current, grad_out)[1])
 
 
 def timing_model(current, base, c=C):
@@ -343,6 +349,11 @@ def test_config_selects_the_tssl_net_and_the_published_cbp_setting():
     assert cfg.method.cbp.gradient_clip_algorithm == "norm"
     with pytest.raises(ValueError, match="valid choices"):
         tssl_module(["FC4"], backward="exact")
+    neurons = {b: [m for m in tssl_module(["FC4"], backward=b).modules() if isinstance(m, TSSLNeuron)]
+               for b in ("tssl", "tssl_rising", "surrogate")}
+    kinds = {b: [(n.custom_backward, n.constants.rising_timing) for n in ns] for b, ns in neurons.items()}
+    assert kinds["tssl_rising"] == [(True, True)] * 2 and kinds["tssl"] == [(True, False)] * 2
+    assert not any(n.custom_backward for n in neurons["surrogate"])
 
 
 def test_tiny_pipeline_run_quantizes_the_middle_layers_and_keeps_first_and_last_frozen(tiny_cfg, tmp_path):

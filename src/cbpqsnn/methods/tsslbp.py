@@ -18,7 +18,7 @@ from cbpqsnn.nets.feedforward import SpikingNet, build_spiking_net
 from cbpqsnn.nets.tssl_layers import PSPInput, ScaledSumPool, TimeSharedDropout
 from cbpqsnn.neurons import TSSLConstants, TSSLNeuron, psp_trace
 
-BACKWARDS = ("tssl", "surrogate")
+BACKWARDS = ("tssl", "tssl_rising", "surrogate")
 REDUCTIONS = ("sum", "mean")
 
 
@@ -91,7 +91,9 @@ class TSSLClassifier(SpikingClassifier):
 
     Method args: ``tau_m`` (5), ``tau_s`` (3), ``v_threshold`` (1), ``max_inverse_slope`` (8),
     ``fallback_scale`` (0.2), ``fallback_clamp`` (8), ``silent_trace`` (0.25), ``backward``
-    (``tssl`` | ``surrogate``), ``pool_scale`` (1.1), ``desired_spikes`` (null: reference rule),
+    (``tssl``: the TSSL-BP code CBP-QSNN ran | ``tssl_rising``: TSSL-BP's later master, timing
+    terms also at quiet steps whose membrane rose, see :mod:`cbpqsnn.neurons.tssl` | ``surrogate``),
+    ``pool_scale`` (1.1), ``desired_spikes`` (null: reference rule),
     ``loss_reduction`` (``sum`` as the reference code | ``mean``), ``weight_clamp`` (4; null: off).
     """
 
@@ -114,14 +116,15 @@ class TSSLClassifier(SpikingClassifier):
     @property
     def constants(self) -> TSSLConstants:
         hp = self.hparams
-        return TSSLConstants(**{k: float(hp[k]) for k in TSSLConstants.__dataclass_fields__})
+        numbers = {k: float(hp[k]) for k in TSSLConstants.__dataclass_fields__ if k != "rising_timing"}
+        return TSSLConstants(**numbers, rising_timing=hp.backward == "tssl_rising")
 
     def build_net(self, model: dict[str, Any], in_shape: tuple[int, ...], num_classes: int,
                   T: int) -> nn.Module:
         if model["bias"]:
             raise ValueError("TSSL-BP layers have no bias (reference code): set model.bias=false")
         return build_tssl_net(model, in_shape, num_classes, T, self.constants,
-                              custom_backward=self.hparams.backward == "tssl",
+                              custom_backward=self.hparams.backward != "surrogate",
                               pool_scale=float(self.hparams.pool_scale))
 
     def readout(self, out: Tensor) -> Tensor:

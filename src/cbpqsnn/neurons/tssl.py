@@ -26,6 +26,15 @@ Backward (:class:`TSSLFunction`), with ``g[t] = dL/da[t]`` and the discrete PSP 
 ``a >= theta_s`` there). The fallback gives a silent neuron a sigmoid-surrogate gradient so it can
 start firing. The loop over T is the only loop; every step is a tensor operation on all neurons.
 
+Two versions of the reference backward exist. The one above is the TSSL-BP code that CBP-QSNN
+ran (``functions/tsslbp.py`` with ``partial_u = clamp(-1/delta_u, -8, 0) * out``; CBP-QSNN's
+``main_quantize_cbp.py`` calls the matching two-argument ``glv.init``). TSSL-BP's later master
+drops ``* out``: a quiet step whose membrane rose (``du > 0``) also gets the timing terms, as if
+it were about to spike. The carry ``D`` is unchanged, only the gradient returned at quiet steps
+gains them (``rising_timing=True``)::
+
+    dL/dI[t] = D[t] + (1 - s[t]) min(1/du[t], m) (E[t] + theta_m u[t] D[t+1])     (du[t] > 0)
+
 Reading: with the spike pattern fixed, a membrane change ``du_t`` moves the spike at ``t`` earlier
 by ``p[t] du_t`` steps, adding that fraction of its PSP kernel ``eps`` to the trace (the reference
 code writes this as ``(-1/du) * (-eps/tau_s) * tau_s``); the reset moves with the spike and shifts
@@ -59,6 +68,7 @@ class TSSLConstants:
     fallback_scale: float = 0.2
     fallback_clamp: float = 8.0
     silent_trace: float = 0.25  # silent where a[t] < silent_trace / tau_s
+    rising_timing: bool = False  # True: TSSL-BP's later master (module docstring)
 
     def __post_init__(self) -> None:
         if self.tau_m < 1 or self.tau_s < 1:
@@ -134,15 +144,21 @@ class TSSLFunction(torch.autograd.Function):
         e = _causal_filter(grad_trace, psp_kernel(c.tau_s, steps, u.dtype).to(u.device), anticausal=True)
         du = u.clone()
         du[1:].sub_(u[:-1]).addcmul_(u[:-1], s[:-1])                 # u[t] - u[t-1] (1 - s[t-1])
-        p = du.reciprocal_().clamp_(0, c.max_inverse_slope).mul_(s)  # s min(1/du, m); 0 if du <= 0
+        slope = du.reciprocal_().clamp_(0, c.max_inverse_slope)      # min(1/du, m); 0 if du <= 0
+        p = slope * s if c.rising_timing else slope.mul_(s)
         carry = torch.addcmul(s.mul(theta_m - 1).add_(1 - theta_m), u, p, value=theta_m)
         inter = p.mul_(e)
         d = torch.empty_like(inter)
         d[-1] = inter[-1]
         for t in range(steps - 2, -1, -1):
             torch.addcmul(inter[t], carry[t], d[t + 1], out=d[t])   # D[t] = p E + c D[t+1]
+        grad = d
+        if c.rising_timing:  # quiet steps with du > 0: + min(1/du, m) (E + theta_m u D[t+1])
+            reset = torch.zeros_like(d)
+            reset[:-1] = u[:-1] * d[1:] * theta_m
+            grad = d + slope.mul_(1 - s).mul_(e + reset)
         silent = trace < c.silent_trace / c.tau_s
-        return torch.where(silent, fallback_derivative(u, c).mul_(e), d), None
+        return torch.where(silent, fallback_derivative(u, c).mul_(e), grad), None
 
 
 class TSSLNeuron(MultiStepNeuron):
