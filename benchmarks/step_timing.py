@@ -1,5 +1,5 @@
 """Command line, quiet set-up and trainer shared by the step-timing benchmarks (``cbp_step.py``,
-``data_vs_compute.py``, ``precision_step.py``)."""
+``data_vs_compute.py``, ``setting_step.py``)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,16 @@ import lightning as L
 import torch
 
 
-def parse_step_args(doc: str) -> tuple[argparse.Namespace, list[str]]:
-    """``--batches``, ``--rounds``, ``--threads`` and the Hydra overrides after them; sets the
-    thread count and silences warnings and Lightning's info lines."""
+def parse_step_args(doc: str, extra: dict[str, str] | None = None) -> tuple[argparse.Namespace, list[str]]:
+    """``--batches``, ``--rounds``, ``--threads``, the ``extra`` string options (name: default) and
+    the Hydra overrides after them; sets the thread count and silences warnings and Lightning's
+    info lines."""
     parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    for name, default in (extra or {}).items():
+        parser.add_argument(name, default=default)
     args, overrides = parser.parse_known_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")

@@ -65,12 +65,13 @@ def test_data_vs_compute_times_the_loader_against_batches_in_memory():
     assert loader > 0 and memory > 0 and abs(ratio - loader / memory) < 0.01
 
 
-def test_precision_step_times_float32_against_bf16_autocast_from_the_same_init():
-    line = step_benchmark_line("precision_step.py", batches=3)
-    fp32, bf16 = (float(n) for n in re.findall(r"([\d.]+) ms", line))
-    ratio = float(re.search(r"bf16 / float32 = ([\d.]+)", line).group(1))
-    losses = [float(v) for v in re.findall(r"(?:float32|bf16-mixed) ([\d.]+)(?:,|$)", line)]
-    assert "median of 3 each" in line and abs(ratio - bf16 / fp32) < 0.01
+def test_setting_step_times_each_value_of_a_setting_from_the_same_init():
+    line = step_benchmark_line("setting_step.py", batches=3)  # default: trainer.precision
+    steps = [float(n) for n in re.findall(r"([\d.]+) ms", line)]
+    ratios = [float(n) for n in re.findall(r"\(([\d.]+)x", line)]
+    losses = [float(v) for v in re.findall(r"loss ([\d.]+)\)", line)]
+    assert line.startswith("trainer.precision: 32-true ") and " bf16-mixed " in line
+    assert "median of 3 steps each" in line and ratios[0] == 1 and abs(ratios[1] - steps[1] / steps[0]) < 0.01
     assert len(losses) == 2 and losses[0] != losses[1]  # two trainings: bf16 rounds differently
 
 

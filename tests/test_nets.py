@@ -136,3 +136,33 @@ def test_stbp_kaiming_init_draws_weights_of_variance_two_over_fan_in_and_zero_bi
     valid = r"unknown model.init 'xavier'; valid choices: \['torch', 'kaiming_normal'\]"
     with pytest.raises(ValueError, match=valid):
         STBPClassifier(model={"spec": ["FC4"], "init": "xavier"}, in_shape=(4,), num_classes=2, T=1)
+
+
+@pytest.mark.parametrize("frames", [False, True], ids=["static", "frames"])
+def test_channels_last_runs_the_feature_maps_channels_innermost_with_the_same_outputs(frames):
+    torch.manual_seed(0)
+    kwargs = dict(model={"spec": ["C8", "P2", "C8", "FC16"]}, in_shape=(3, 8, 8), num_classes=4, T=3)
+    plain = STBPClassifier(**kwargs, v_threshold=0.2).double()
+    fast = STBPClassifier(**kwargs, v_threshold=0.2, memory_format="channels_last").double()
+    fast.load_state_dict(plain.state_dict())
+    seen = []
+    for module in fast.net.layers:  # every conv input and neuron output keeps C innermost
+        if isinstance(module, (nn.Conv2d, STBPLIF)):
+            module.register_forward_hook(lambda m, i, o: seen.append((type(m).__name__, i[0], o)))
+    x = torch.randn((2, 3, 3, 8, 8) if frames else (2, 3, 8, 8), dtype=torch.float64)
+    with torch.no_grad():
+        out = fast(x)
+        torch.testing.assert_close(out, plain(x), rtol=1e-12, atol=1e-12)
+    layouts = [(name, (i if name == "Conv2d" else o).stride(-3) == 1) for name, i, o in seen]
+    assert layouts == [("Conv2d", True), ("STBPLIF", True), ("Conv2d", True), ("STBPLIF", True),
+                       ("STBPLIF", False), ("STBPLIF", False)]  # the FC layers' neurons: no maps
+    rates = [float(o.mean()) for name, _, o in seen if name == "STBPLIF"]
+    assert all(0 < r < 1 for r in rates[:2])  # spikes and silences in the feature maps
+
+
+def test_memory_format_is_checked():
+    with pytest.raises(ValueError, match=r"valid choices: \['contiguous', 'channels_last'\]"):
+        STBPClassifier(model={"spec": ["C4"]}, in_shape=(1, 4, 4), num_classes=2, T=1, memory_format="nhwc")
+    with pytest.raises(ValueError, match="needs feature-map inputs"):
+        STBPClassifier(model={"spec": ["FC4"]}, in_shape=(16,), num_classes=2, T=1,
+                       memory_format="channels_last")

@@ -45,6 +45,15 @@ def test_compiled_kernels_compute_the_eager_kernels_outputs_and_gradients(name):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
     if name == "stbp_lif":  # the eager kernel is bitwise its step loop; the compiled one too
         assert torch.equal(compiled[1], eager[1])
+    # a channels-last feature map [T, B, C, H, W] (C innermost) with a contiguous output gradient:
+    # the same numbers, and the output and input gradient keep the input's layout (no copy back)
+    maps = x.reshape(6, 3, 2, 2, 5).permute(0, 1, 4, 2, 3)
+    assert not maps.is_contiguous() and maps.stride(2) == 1
+    map_weights = weights.reshape(6, 3, 2, 2, 5).permute(0, 1, 4, 2, 3).contiguous()
+    on_maps = outputs_and_gradients(neuron, maps, map_weights)
+    assert torch.equal(on_maps[0].permute(0, 1, 3, 4, 2).reshape(x.shape), compiled[0])
+    assert torch.equal(on_maps[1].permute(0, 1, 3, 4, 2).reshape(x.shape), compiled[1])
+    assert on_maps[0].stride() == maps.stride() and on_maps[1].stride() == maps.stride()
 
 
 def test_compiled_kernel_takes_a_bf16_current_with_a_float32_membrane():

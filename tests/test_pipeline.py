@@ -230,3 +230,15 @@ def test_only_global_rank_zero_writes_the_run_artifacts(tiny_cfg, tmp_path, monk
     assert summary["quant_acc"] >= 0  # the rank computed everything ...
     for name in ("summary.json", "quantized.pt", "quantized_packed.pt"):  # ... and wrote nothing
         assert not (tmp_path / name).exists(), name
+
+
+def test_channels_last_run_completes_from_a_contiguous_runs_checkpoint_with_its_numbers(binary_run, tiny_cfg,
+                                                                                       tmp_path):
+    """The whole pipeline (CBP stage, bake, evaluation, export, deployment checks) with
+    ``memory_format=channels_last``, from the FP32 checkpoint of a contiguous run."""
+    run_dir, summary = binary_run
+    fast = run(tiny_cfg(f"pretrained={run_dir / 'checkpoints/fp32.ckpt'}",
+                        "method.module.memory_format=channels_last", "method.cbp.callback.p_max=1"), tmp_path)
+    assert fast["levels_ok"] and fast["history"]["cfs"][-1] < fast["cfs_start"]
+    for key in ("fp32_acc", "cfs_start"):
+        assert fast[key] == pytest.approx(summary[key], abs=1e-6), key

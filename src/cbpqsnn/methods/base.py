@@ -24,6 +24,9 @@ SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 STAGES = ("pretrain", "cbp")
 
 
+MEMORY_FORMATS = ("contiguous", "channels_last")
+
+
 def check_stage(stage: str) -> None:
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; valid: {list(STAGES)}")
@@ -35,7 +38,9 @@ class SpikingClassifier(L.LightningModule):
 
     A backbone names every method argument in its ``__init__`` (``method.module`` in the config:
     an unknown key is an error; the base's own: ``T``, ``train_time_steps`` (event frames kept in
-    training), ``neuron_kernels`` (``eager`` | ``compiled``, :mod:`cbpqsnn.neurons.kernels`)) and
+    training), ``neuron_kernels`` (``eager`` | ``compiled``, :mod:`cbpqsnn.neurons.kernels`),
+    ``memory_format`` (``contiguous`` | ``channels_last``: feature maps with the channels innermost,
+    see :meth:`time_first`)) and
     lists the ``model`` options it reads, with their defaults, in
     ``MODEL_OPTIONS`` (besides ``name`` and ``spec``; see :meth:`model_options`)."""
 
@@ -49,6 +54,7 @@ class SpikingClassifier(L.LightningModule):
         T: int,
         train_time_steps: int | None = None,
         neuron_kernels: str = "eager",
+        memory_format: str = "contiguous",
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
     ) -> None:
@@ -60,6 +66,13 @@ class SpikingClassifier(L.LightningModule):
         self.train_time_steps = train_time_steps
         self.net = self.build_net(self.model_options(model), tuple(in_shape), self.num_classes, int(T))
         set_kernels(self.net, neuron_kernels or "eager")
+        if memory_format not in MEMORY_FORMATS:
+            raise ValueError(f"unknown memory_format {memory_format!r}; "
+                             f"valid choices: {list(MEMORY_FORMATS)}")
+        if memory_format == "channels_last" and len(self.in_shape) != 3:
+            raise ValueError(f"memory_format='channels_last' needs feature-map inputs (C, H, W); this "
+                             f"network's input is {self.in_shape}. Use memory_format=contiguous")
+        self.channels_last = memory_format == "channels_last"
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.weight_decay_on_bias = True
@@ -135,14 +148,21 @@ class SpikingClassifier(L.LightningModule):
     def time_first(self, x: Tensor, training: bool = False) -> Tensor:
         """Batches of event frames arrive batch-first ``[B, T, C, H, W]``; the network runs
         time-first. In training, ``train_time_steps`` (if set) keeps a random ordered subset of
-        the frames (e.g. 12 of 16); static inputs ``[B, C, H, W]`` pass unchanged."""
-        if x.dim() != len(self.in_shape) + 2:
-            return x
-        x = x.transpose(0, 1)
-        keep = self.train_time_steps
-        if training and keep is not None and keep < x.shape[0]:
-            index = torch.randperm(x.shape[0], device=x.device)[:keep].sort().values
-            x = x.index_select(0, index)
+        the frames (e.g. 12 of 16); static inputs ``[B, C, H, W]`` pass unchanged.
+
+        ``memory_format=channels_last``: the feature maps are laid out channels-innermost (values
+        unchanged). The convolutions then run channels-last, and so do their outputs, the neurons
+        (the compiled kernels keep any layout, :func:`cbpqsnn.neurons.kernels.flat`) and the pools:
+        a ``stbp_cifar10_cpu`` training step 0.87x (compiled kernels), 0.78x (eager) on 2 CPU cores
+        (README Performance). The weights keep PyTorch's default layout."""
+        if x.dim() == len(self.in_shape) + 2:
+            x = x.transpose(0, 1)
+            keep = self.train_time_steps
+            if training and keep is not None and keep < x.shape[0]:
+                index = torch.randperm(x.shape[0], device=x.device)[:keep].sort().values
+                x = x.index_select(0, index)
+        if self.channels_last:  # [..., C, H, W] with C innermost
+            x = x.movedim(-3, -1).contiguous().movedim(-1, -3)
         return x
 
     def forward(self, x: Tensor) -> Tensor:

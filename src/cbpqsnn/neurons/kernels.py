@@ -51,12 +51,27 @@ def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-def flat(x: Tensor) -> Tensor:
-    """``[T, ...]`` as a contiguous ``[T, N]``: the kernels are elementwise across everything but
-    time, so every layer (conv or FC, any batch, an input expanded over T) meets one compiled
-    kernel instead of one per rank, shape, stride, view base and ``requires_grad`` (detached:
-    the kernels run inside an autograd function, which records nothing)."""
-    return x.reshape(x.shape[0], -1).contiguous().detach()
+def memory_order(x: Tensor) -> tuple[int, ...]:
+    """The dims of ``x [T, ...]``: time first, then the others in the order they lie in memory
+    (largest stride first; ties keep their order). ``x.permute(order)`` of a dense tensor is
+    contiguous, so :func:`flat` views a channels-last feature map without a copy."""
+    return (0, *sorted(range(1, x.dim()), key=lambda d: -x.stride(d)))
+
+
+def flat(x: Tensor, order: tuple[int, ...]) -> Tensor:
+    """``[T, ...]`` as a contiguous ``[T, N]``, ``N`` in ``order`` (:func:`memory_order`: no copy
+    for a dense tensor in any layout). The kernels are elementwise across everything but time, so
+    every layer (conv or FC, any batch, an input expanded over T) meets one compiled kernel instead
+    of one per rank, shape, stride, view base and ``requires_grad`` (detached: the kernels run
+    inside an autograd function, which records nothing). A backward flattens its gradient in the
+    forward's ``order``, whatever the gradient's own layout."""
+    return x.permute(order).reshape(x.shape[0], -1).contiguous().detach()
+
+
+def unflat(y: Tensor, shape: torch.Size, order: tuple[int, ...]) -> Tensor:
+    """The inverse of :func:`flat`: ``[T, N]`` back to ``shape``, laid out as the flattened input."""
+    inverse = sorted(range(len(order)), key=order.__getitem__)
+    return y.view([shape[d] for d in order]).permute(inverse)
 
 
 def _full(x: Tensor) -> Tensor:

@@ -38,9 +38,10 @@ class _STBPLIFFunction(torch.autograd.Function):
         ctx.constants = (v_threshold, decay, surrogate, detach_reset)
         ctx.kernels = kernels
         if kernels == "compiled":
-            spikes, u = compiled.stbp_lif_forward(compiled.flat(x), v_threshold, decay)
+            ctx.order = compiled.memory_order(x)
+            spikes, u = compiled.stbp_lif_forward(compiled.flat(x, ctx.order), v_threshold, decay)
             ctx.save_for_backward(u)
-            return spikes.view(x.shape)
+            return compiled.unflat(spikes, x.shape, ctx.order)
         u = torch.empty_like(x)
         spikes = torch.empty_like(x)
         quiet = torch.empty_like(x[0])
@@ -60,9 +61,9 @@ class _STBPLIFFunction(torch.autograd.Function):
         (u,) = ctx.saved_tensors
         v_threshold, decay, surrogate, detach_reset = ctx.constants
         if ctx.kernels == "compiled":
-            grad = compiled.stbp_lif_backward(compiled.flat(grad_spikes), u, v_threshold, decay,
-                                              surrogate, detach_reset)
-            return grad.view(grad_spikes.shape), None, None, None, None, None
+            grad = compiled.stbp_lif_backward(compiled.flat(grad_spikes, ctx.order), u, v_threshold,
+                                              decay, surrogate, detach_reset)
+            return compiled.unflat(grad, grad_spikes.shape, ctx.order), None, None, None, None, None
         grad_x = torch.empty_like(u)
         quiet = torch.empty_like(u[0])
         grad_x[-1] = surrogate.derivative_(u[-1] - v_threshold).mul_(grad_spikes[-1])
@@ -136,9 +137,11 @@ class _PLIFFunction(torch.autograd.Function):
         ctx.constants = (v_threshold, v_reset, surrogate, detach_reset)
         ctx.kernels = kernels
         if kernels == "compiled":
-            spikes, h, d = compiled.plif_forward(compiled.flat(x), k.detach(), v_threshold, v_reset)
+            ctx.order = compiled.memory_order(x)
+            spikes, h, d = compiled.plif_forward(compiled.flat(x, ctx.order), k.detach(), v_threshold,
+                                                 v_reset)
             ctx.save_for_backward(h, d, k)
-            return spikes.view(x.shape)
+            return compiled.unflat(spikes, x.shape, ctx.order)
         h = torch.empty_like(x)
         d = torch.empty_like(x)
         spikes = torch.empty_like(x)
@@ -161,10 +164,12 @@ class _PLIFFunction(torch.autograd.Function):
         h, d, k = ctx.saved_tensors
         v_threshold, v_reset, surrogate, detach_reset = ctx.constants
         if ctx.kernels == "compiled":
-            grad_x, grad_k = compiled.plif_backward(compiled.flat(grad_spikes), h, d, k.detach(),
-                                                    v_threshold, v_reset, surrogate, detach_reset)
+            grad_x, grad_k = compiled.plif_backward(compiled.flat(grad_spikes, ctx.order), h, d,
+                                                    k.detach(), v_threshold, v_reset, surrogate,
+                                                    detach_reset)
             grad_k = grad_k.reshape(k.shape) if ctx.needs_input_grad[1] else None
-            return grad_x.view(grad_spikes.shape), grad_k, None, None, None, None, None
+            grad_x = compiled.unflat(grad_x, grad_spikes.shape, ctx.order)
+            return grad_x, grad_k, None, None, None, None, None
         k_value = float(k)
         grad_x = torch.empty_like(h)
         grad_k = torch.zeros((), dtype=h.dtype, device=h.device)
