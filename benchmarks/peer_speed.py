@@ -22,6 +22,9 @@ batch norm over one step's batch is another function than over all T steps' samp
 (:mod:`cbpqsnn.neurons.kernels`; the warm-up steps compile), ``layers_only`` (every neuron a
 stateless threshold; another function, not checked) and ``synapses_only``, the floor: every neuron
 removed, the synapse layers and pools alone, which any implementation must run (not checked).
+``project_compiled_cl`` and ``synapses_only_cl``: the same two on channels-last feature maps (the
+project's ``memory_format=channels_last``; the peers run PyTorch's default layout, and the
+``synapses_only_cl`` floor is what any of them would need in channels-last).
 
 A step is forward, loss, backward and an SGD step. Every column runs in its own process (the
 peers are the optional ``bench`` extra); each process warms up, then times ``--repeats`` x
@@ -229,10 +232,27 @@ class SynapsesOnly(Project):
         return x
 
 
+def channels_last(column: type[nn.Module]) -> type[nn.Module]:
+    """``column`` on channels-last feature maps (``memory_format=channels_last`` of the project's
+    networks): the input's maps laid out channels-innermost, so every conv, BN, neuron and pool
+    after it runs in that layout. The same values: a flat input (mlp) is unchanged."""
+
+    class ChannelsLast(column):
+        def forward(self, x: Tensor) -> Tensor:
+            if x.dim() == 5:
+                x = x.movedim(2, -1).contiguous().movedim(-1, 2)
+            return super().forward(x)
+
+    ChannelsLast.__name__ = f"{column.__name__}ChannelsLast"
+    return ChannelsLast
+
+
 COLUMNS = {"plain": Plain, "project": Project, "spikingjelly": SpikingJelly, "snntorch": SnnTorch,
            "project_step_loop": ProjectStepLoop, "project_compiled": ProjectCompiled,
-           "layers_only": LayersOnly, "synapses_only": SynapsesOnly}
-FLOORS = {"layers_only", "synapses_only"}  # timed, not checked: other functions
+           "project_compiled_cl": channels_last(ProjectCompiled),
+           "layers_only": LayersOnly, "synapses_only": SynapsesOnly,
+           "synapses_only_cl": channels_last(SynapsesOnly)}
+FLOORS = {"layers_only", "synapses_only", "synapses_only_cl"}  # timed, not checked: other functions
 
 
 def loss_of(out: Tensor, target: Tensor) -> Tensor:

@@ -87,3 +87,19 @@ def test_peer_speed_floor_runs_the_same_layers_without_any_neuron():
     out = peer_speed.COLUMNS["synapses_only"]("mlp")(x)
     torch.testing.assert_close(out, expected)
     assert "synapses_only" in peer_speed.FLOORS  # timed, never checked as the same function
+
+
+def test_peer_speed_channels_last_columns_compute_the_same_on_channels_innermost_maps():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import peer_speed
+
+    x, _ = peer_speed.data("conv")
+    x = x[:2, :2]
+    plain, fast = peer_speed.Project("conv"), peer_speed.channels_last(peer_speed.Project)("conv")
+    layouts = []
+    fast.neuron.register_forward_hook(lambda m, i, o: layouts.append(i[0].dim() < 5 or i[0].stride(2) == 1))
+    with torch.no_grad():
+        assert torch.equal(fast(x), plain(x))
+    assert layouts == [True] * 5  # four conv maps channels-innermost, then the FC layer's current
+    assert {"project_compiled_cl", "synapses_only_cl"} <= set(peer_speed.COLUMNS)
+    assert "synapses_only_cl" in peer_speed.FLOORS and "project_compiled_cl" not in peer_speed.FLOORS
