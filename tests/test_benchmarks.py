@@ -103,3 +103,15 @@ def test_peer_speed_channels_last_columns_compute_the_same_on_channels_innermost
     assert layouts == [True] * 5  # four conv maps channels-innermost, then the FC layer's current
     assert {"project_compiled_cl", "synapses_only_cl"} <= set(peer_speed.COLUMNS)
     assert "synapses_only_cl" in peer_speed.FLOORS and "project_compiled_cl" not in peer_speed.FLOORS
+
+
+def test_peer_speed_checks_a_channels_last_column_against_the_channels_last_plain_loop(monkeypatch):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import peer_speed
+
+    monkeypatch.setitem(peer_speed.COLUMNS, "project_cl", peer_speed.channels_last(peer_speed.Project))
+    assert peer_speed.check("conv", ["project_cl"])["project_cl"] < 1e-5
+    # against the contiguous plain loop, the convolutions' other rounding flips threshold spikes
+    monkeypatch.setitem(peer_speed.COLUMNS, "project_other", peer_speed.COLUMNS["project_cl"])
+    with pytest.raises(AssertionError, match="project_other spikes differ"):
+        peer_speed.check("conv", ["project_other"])
