@@ -13,13 +13,19 @@ from cbpqsnn.neurons.kernels import pool_kernel
 
 class _SwitchablePool:
     """The pool's forward through the compiled kernel of its ``kind`` under ``kernels="compiled"``
-    (set by :func:`~cbpqsnn.neurons.kernels.set_kernels`), else PyTorch's own."""
+    (set by :func:`~cbpqsnn.neurons.kernels.set_kernels`), else PyTorch's own.
+
+    Except a max pool of channels-last maps (``memory_format=channels_last``): PyTorch's own there,
+    vectorized over the channels -- forward and backward of ``[128, 32, 64, 64]`` spikes on 2 CPU
+    cores 133 ms against 258 ms compiled (the compiled average pool stays ahead: 98 vs 118 ms).
+    Both are bitwise the same pool."""
 
     kind: str
     kernels = "eager"
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.kernels == "compiled":
+        native = self.kind == "max" and x.dim() == 4 and x.stride(1) == 1 < x.shape[1]
+        if self.kernels == "compiled" and not native:
             return pool_kernel(self.kind, self.kernel_size)(x)
         return super().forward(x)
 
