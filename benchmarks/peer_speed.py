@@ -237,11 +237,11 @@ def channels_last(column: type[nn.Module]) -> type[nn.Module]:
     networks): the input's maps laid out channels-innermost, so every conv, BN, neuron and pool
     after it runs in that layout. The same values: a flat input (mlp) is unchanged."""
 
+    from cbpqsnn.nets.layout import channels_innermost
+
     class ChannelsLast(column):
         def forward(self, x: Tensor) -> Tensor:
-            if x.dim() == 5:
-                x = x.movedim(2, -1).contiguous().movedim(-1, 2)
-            return super().forward(x)
+            return super().forward(channels_innermost(x) if x.dim() == 5 else x)
 
     ChannelsLast.__name__ = f"{column.__name__}ChannelsLast"
     return ChannelsLast

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from cbpqsnn.nets.layout import channels_innermost
 from cbpqsnn.neurons.kernels import set_kernels
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -162,7 +163,7 @@ class SpikingClassifier(L.LightningModule):
                 index = torch.randperm(x.shape[0], device=x.device)[:keep].sort().values
                 x = x.index_select(0, index)
         if self.channels_last:  # [..., C, H, W] with C innermost
-            x = x.movedim(-3, -1).contiguous().movedim(-1, -3)
+            x = channels_innermost(x)
         return x
 
     def forward(self, x: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from cbpqsnn.nets.layout import is_channels_innermost
 from cbpqsnn.neurons.kernels import pool_kernel
 
 
@@ -24,7 +25,7 @@ class _SwitchablePool:
     kernels = "eager"
 
     def forward(self, x: Tensor) -> Tensor:
-        native = self.kind == "max" and x.dim() == 4 and x.stride(1) == 1 < x.shape[1]
+        native = self.kind == "max" and is_channels_innermost(x)
         if self.kernels == "compiled" and not native:
             return pool_kernel(self.kind, self.kernel_size)(x)
         return super().forward(x)
