@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ def read_records(path: Path) -> list[Any]:
             pos += room
             continue
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + HEADER])
+        if pos + HEADER + length > len(data):  # a record the writer has not flushed yet
+            break
         chunk = data[pos + HEADER:pos + HEADER + length]
         pos += HEADER + length
         if kind == 0 and length == 0:
@@ -43,22 +46,36 @@ def read_records(path: Path) -> list[Any]:
     return records
 
 
-def offline_runs(run_dir: Path) -> dict[str, dict[str, Any]]:
-    """job type -> {"config": {...}, "summary": {...}} of every offline W&B run below ``run_dir``."""
-    runs = {}
-    for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb")):
-        job, config, summary = None, {}, {}
-        for record in read_records(path):
-            kind = record.WhichOneof("record_type")
-            if kind == "run":
-                job = record.run.job_type
-                config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
-            elif kind == "config":
-                config.update({i.key: json.loads(i.value_json) for i in record.config.update})
-            elif kind == "summary":
-                summary.update({i.key: json.loads(i.value_json) for i in record.summary.update})
-        runs[job] = {"config": config, "summary": summary}
-    return runs
+def read_run(path: Path) -> dict[str, Any] | None:
+    """{"job", "config", "summary"} of one offline run file; None until its ``exit`` record is on
+    disk (W&B's writer process may still be flushing when ``run.finish()`` has returned: a CI run
+    on a loaded machine read a result file that held only its header)."""
+    job, config, summary, ended = None, {}, {}, False
+    for record in read_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            job = record.run.job_type
+            config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+        elif kind == "config":
+            config.update({i.key: json.loads(i.value_json) for i in record.config.update})
+        elif kind == "summary":
+            summary.update({i.key: json.loads(i.value_json) for i in record.summary.update})
+        ended = ended or kind == "exit"
+    return {"job": job, "config": config, "summary": summary} if ended else None
+
+
+def offline_runs(run_dir: Path, timeout: float = 60.0) -> dict[str, dict[str, Any]]:
+    """job type -> {"config": {...}, "summary": {...}} of every offline W&B run below ``run_dir``,
+    waiting up to ``timeout`` seconds for every run file to be complete."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = [read_run(path) for path in sorted(run_dir.glob("wandb/offline-run-*/run-*.wandb"))]
+        if all(runs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    incomplete = sum(r is None for r in runs)
+    assert not incomplete, f"{incomplete} W&B run file(s) still lack their exit record"
+    return {r["job"]: {"config": r["config"], "summary": r["summary"]} for r in runs}
 
 
 def test_the_result_run_holds_the_summary_numbers_and_the_comparison_keys(tmp_path, monkeypatch):
