@@ -103,6 +103,25 @@ def test_a_backbone_runs_its_neurons_with_the_kernels_it_is_given_compiling_each
     assert counters["stats"]["unique_graphs"] - before == 3
 
 
+def test_the_time_loops_compile_with_the_cpu_fusion_cap_and_other_devices_with_defaults(monkeypatch):
+    """The four time-loop kernels carry ``TIME_LOOP_OPTIONS`` (at most 8 nodes per fused CPU kernel:
+    0.39-0.83x the default's time, README Performance); each device type compiles its own variant
+    with its own options; the pools keep Inductor's defaults."""
+    from cbpqsnn.neurons import kernels
+
+    assert kernels.TIME_LOOP_OPTIONS == {"cpu": {"max_fusion_size": 8}}
+    for loop in (kernels.stbp_lif_forward, kernels.stbp_lif_backward, kernels.plif_forward,
+                 kernels.plif_backward):
+        assert loop.options is kernels.TIME_LOOP_OPTIONS
+    assert kernels.pool_kernel("avg", 2).options is None
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: seen.append(kw["options"]) or fn)
+    double = kernels._compiled(lambda x: 2 * x, kernels.TIME_LOOP_OPTIONS)
+    for device in ("cpu", "meta", "cpu"):
+        double(torch.ones(3, device=device))
+    assert seen == [{"max_fusion_size": 8}, None]
+
+
 def test_compiled_kernels_for_a_network_without_them_is_an_error_not_a_no_op():
     model = {"spec": ["C4", "P2", "FC8"], "dropout": 0.0}
     with pytest.raises(ValueError, match="none of this network's neurons .*TSSLNeuron.* has compiled"):
