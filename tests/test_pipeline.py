@@ -54,8 +54,9 @@ def test_binary_run_leaves_summary_checkpoints_and_a_baked_state_dict(binary_run
     assert any(k.startswith("CBPCallback") for k in cbp_ckpt["callbacks"])
     header = (run_dir / "csv/cbp/metrics.csv").read_text().splitlines()[0]
     for column in ("cbp/cfs", "cbp/g", "cbp/lagrangian", "cbp/task_loss", "cbp/lambda_mean",
-                   "cbp/lambda_max", "val/acc"):
+                   "cbp/lambda_max", "val/acc", "rate/net.layers.1"):
         assert column in header
+    assert "rate/net.layers.1" in (run_dir / "csv/pretrain/metrics.csv").read_text().splitlines()[0]
 
 
 def test_pretrained_checkpoint_skips_pretraining_and_reproduces_fp32_accuracy(binary_run, tiny_cfg,

@@ -37,7 +37,7 @@ from cbpqsnn.checkpoints import load_pretrained
 from cbpqsnn.config_check import check_config
 from cbpqsnn.deploy.artifacts import network_levels, write_deployment
 from cbpqsnn.deploy.metrics import first_test_inputs, hardware_metrics
-from cbpqsnn.guards import FiniteLossGuard
+from cbpqsnn.guards import FiniteLossGuard, FiringRateMonitor
 from cbpqsnn.loggers import finish_loggers, log_result, make_loggers
 from cbpqsnn.quant.callback import NO_QUANT, CBPCallback
 from cbpqsnn.quant.export import pack_state_dict, packed_payload_bytes
@@ -63,7 +63,8 @@ def _fit_stage(cfg: DictConfig, run_dir: Path, stage: str, module: L.LightningMo
     loggers = make_loggers(cfg, run_dir, stage)
     try:
         trainer = make_trainer(cfg, run_dir, stage, int(stage_cfg.epochs),
-                               [*extra_callbacks, FiniteLossGuard(stage), checkpoint], loggers,
+                               [*extra_callbacks, FiniteLossGuard(stage), FiringRateMonitor(stage),
+                                checkpoint], loggers,
                                stage_cfg.get("gradient_clip_val"),
                                stage_cfg.get("gradient_clip_algorithm"))
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)

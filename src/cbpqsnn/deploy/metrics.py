@@ -1,14 +1,18 @@
 """Hardware metrics of a spiking network on test inputs: spike rate per neuron layer, synaptic
 operations (SynOps) per inference, weight memory per layer and an energy estimate.
 
-- **Spike rate** of a neuron layer: spikes / (neurons x T), averaged over the inputs.
+- **Spike rate** of a neuron layer: spikes / (neurons x T), averaged over the inputs (the spikes
+  behind the neuron's output: ``MultiStepNeuron.spike_train``; a converted IF neuron outputs spikes
+  scaled by its threshold, a TSSL-BP neuron its PSP trace).
 - **SynOps** of a conv / linear layer whose input is a spike train (event driven: every nonzero
   input value triggers one accumulate per outgoing synapse): ``sum_t sum_i 1[x_i[t] != 0]
   fan_out_i``, counted exactly (the layer's connectivity with all-ones weights applied to the
   nonzero pattern, so border effects and strides are included). A layer whose input is not a
   spike train (the first layer on the image: direct encoding) does dense **MACs**:
   ``inputs x fan-out``, once per inference (the network computes it once and repeats it over T).
-  Event frames are event driven from the first layer on.
+  Event frames are event driven from the first layer on. TSSL-BP's layers take PSP traces,
+  nonzero at every step after a neuron's first spike: counted as they are, an upper bound on the
+  events of its spikes.
 - **Energy** per inference, from a table of energies per operation (``energy_pj``: the config's
   ``hardware.energy_pj``; default 45 nm values of Horowitz, ISSCC 2014): MACs x ``fp32_mac``;
   SynOps of an FP32 layer x ``fp32_add``; SynOps of a layer with 1-2 bit weights (binary,
@@ -67,7 +71,7 @@ def hardware_metrics(net: nn.Module, batches: Iterable[Tensor], energy_pj: Mappi
 
     def neuron_hook(name: str):
         def hook(module: nn.Module, args: tuple[Tensor, ...], out: Tensor) -> None:
-            spikes[name] += float(out.sum())
+            spikes[name] += float(module.spike_train(out).double().sum())
             neurons[name] = out[0, 0].numel()
         return hook
 

@@ -88,5 +88,11 @@ class MultiStepNeuron(TemporalModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.step_loop(x)
 
+    def spike_train(self, out: Tensor) -> Tensor:
+        """The 0/1 spikes (float32) behind an output of :meth:`forward`: a neuron whose output is
+        not its spikes (the IF neuron's are scaled by the threshold, TSSL-BP's is a PSP trace)
+        recovers them here, so spike counts and firing rates mean the same for every neuron."""
+        return (out != 0).float()
+
     def extra_repr(self) -> str:
         return f"surrogate={self.surrogate}"

@@ -190,6 +190,15 @@ class TSSLNeuron(MultiStepNeuron):
         a = (1 - 1 / c.tau_s) * a + s / c.tau_s
         return a, (u * (1 - s), a)
 
+    def spike_train(self, out: Tensor) -> Tensor:
+        """The spikes behind a PSP trace: ``s[t] = tau_s (a[t] - (1 - 1/tau_s) a[t-1])``, rounded
+        (a trace is nonzero at every step after a neuron's first spike, so ``out != 0`` would
+        count those steps as spikes)."""
+        c = self.constants
+        a = out.float()
+        previous = torch.cat([torch.zeros_like(a[:1]), a[:-1]])
+        return (c.tau_s * (a - (1 - 1 / c.tau_s) * previous)).round_().clamp_(0, 1)
+
     def extra_repr(self) -> str:
         c = self.constants
         return (f"tau_m={c.tau_m}, tau_s={c.tau_s}, v_threshold={c.v_threshold}, "
