@@ -74,8 +74,8 @@ class FiringRateMonitor(L.Callback):
             return
         for name, rate in self._rates.items():
             pl_module.log(f"rate/{name}", rate, on_step=False, on_epoch=True)
-            self._fired[name] = self._fired.get(name, torch.zeros((), dtype=torch.bool,
-                                                                  device=rate.device)) | (rate > 0)
+            fired = rate > 0
+            self._fired[name] = self._fired[name] | fired if name in self._fired else fired
         self._rates.clear()
         self._measured += 1
         if self._measured == self.patience:
