@@ -2,14 +2,15 @@
 
     python src/compare.py [hydra overrides, e.g. experiment=sg_nmnist] --out logs/compare/<name>
         [--seeds 1,2,3] [--levels binary,ternary] [--algorithms ptq,ste,scaled_ste,lsq,cbp]
-        [--parallel N]
+        [--parallel N] [--variant NAME=KEY=VALUE ...]
     python src/report.py logs/compare/<name>      # the table, the side-by-side table, the plots
 
 Runs, per seed, ``quant=fp32`` and then every (level set, algorithm) pair from its checkpoint, each
 as a ``src/train.py`` process; finished jobs are kept when the command runs again. ``--parallel N``
 runs up to N jobs side by side (each with cores / N threads; a seed's fine-tuning jobs wait for its
 FP32 job, which runs alone with every core): on 2 cores, two 1-thread jobs did 1.2x the work of one
-2-thread job.
+2-thread job. ``--variant slow_window=method.cbp.callback.p_max=4`` runs the pairs with that
+setting instead, as ``cbp@slow_window`` beside the plain jobs already in the folder.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from cbpqsnn.comparison import check_jobs, plan, run_jobs
+    from cbpqsnn.comparison import check_jobs, parse_variants, plan, run_jobs
     from cbpqsnn.config_check import ConfigError
 
     parser = argparse.ArgumentParser(description=__doc__,
@@ -43,13 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="binary,ternary")
     parser.add_argument("--algorithms", default="ptq,ste,scaled_ste,lsq,cbp")
     parser.add_argument("--parallel", type=int, default=1, help="jobs run side by side (default 1)")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE",
+                        help="fine-tune every pair with these settings instead, from the same FP32 "
+                             "networks, as <algorithm>@NAME (repeatable; see cbpqsnn/comparison.py)")
     args = parser.parse_args(argv)
     try:
         if args.parallel < 1:
             raise ValueError(f"--parallel must be at least 1, got {args.parallel}")
         seeds = [int(s) for s in _list(args.seeds)]
         jobs, skipped = plan(args.overrides, seeds, _list(args.levels), _list(args.algorithms),
-                             args.out.resolve())
+                             args.out.resolve(), parse_variants(args.variant))
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             check_jobs(jobs, lambda overrides: compose("train", overrides=overrides))
     except (ValueError, ConfigError, HydraException) as err:

@@ -9,8 +9,8 @@ import os
 import pytest
 
 from cbpqsnn import comparison
-from cbpqsnn.comparison import FAIR, plan
-from cbpqsnn.reporting import report_sweep
+from cbpqsnn.comparison import FAIR, parse_variants, plan
+from cbpqsnn.reporting import aggregate, report_sweep, side_by_side
 from tests.conftest import ROOT, TINY
 
 _spec = importlib.util.spec_from_file_location("cbpqsnn_compare_cli", ROOT / "src" / "compare.py")
@@ -35,6 +35,43 @@ def test_plan_starts_every_algorithm_from_its_seeds_fp32_run_and_skips_undefined
         plan([], [1], ["binary"], ["magic"], tmp_path)
 
 
+def test_variants_rerun_every_pair_with_their_settings_from_the_same_fp32_run(tmp_path):
+    variants = parse_variants(["slow=method.cbp.callback.p_max=4", "drop=method.cbp.callback.lr_drop_at_g=2",
+                               "slow=method.cbp.callback.multiplier_lr=1e-5"])
+    assert variants == {"slow": ["method.cbp.callback.p_max=4", "method.cbp.callback.multiplier_lr=1e-5"],
+                        "drop": ["method.cbp.callback.lr_drop_at_g=2"]}
+    jobs, _ = plan(["experiment=stbp_mnist5k"], [1], ["binary"], ["ste", "cbp"], tmp_path, variants)
+    assert [j.name for j in jobs] == ["fp32", "binary_ste@slow", "binary_ste@drop", "binary_cbp@slow",
+                                      "binary_cbp@drop"]
+    drop = jobs[4]
+    assert drop.run_dir == tmp_path / "seed1" / "binary_cbp@drop" and drop.fp32_checkpoint == (
+        jobs[0].run_dir / "checkpoints" / "fp32.ckpt")
+    # the variant's settings come after the protocol's, so it may switch CBP's LR drop back on
+    o = list(drop.overrides)
+    assert o.index("method.cbp.callback.lr_drop_at_g=2") > o.index(FAIR[0]) and "variant=drop" in o
+    assert not any("p_max" in x for x in o)
+    for bad, match in (("slow", "NAME=KEY=VALUE"), ("no space=a=1", "NAME=KEY=VALUE"),
+                       ("x=seed=3", "may not set 'seed'"), ("x=model.width=2", "may not set 'model.width'"),
+                       ("x=method.pretrain.epochs=1", "may not set"), ("x=+quant.scale=mse", "may not set")):
+        with pytest.raises(ValueError, match=match):
+            parse_variants([bad])
+
+
+def test_the_report_shows_a_variant_as_an_algorithm_of_its_own():
+    def run(algorithm, variant, acc):
+        return {"row": "r", "quant": "binary", "algorithm": algorithm, "variant": variant,
+                "fp32_acc": 90.0, "quant_acc": acc, "acc_delta": acc - 90.0}
+
+    table = aggregate([run("cbp", None, 88.0), run("cbp", "slow", 89.0), run("cbp", "slow", 89.5),
+                       run("ptq", None, 50.0), run("scaled_ste", None, 86.0),
+                       {k: v for k, v in run("ste", None, 87.0).items() if k != "variant"}])
+    assert [(e["algorithm"], e["seeds"]) for e in table] == [
+        ("cbp", 1), ("cbp@slow", 2), ("ptq", 1), ("scaled_ste", 1), ("ste", 1)]
+    header, _, line = side_by_side(table)  # columns in the algorithms' order, variants beside theirs
+    assert header == "| row | quant | cbp | cbp@slow | ptq | ste | scaled_ste |"
+    assert "**89.25 ± 0.35 (-0.75 ± 0.35)**" in line
+
+
 def test_one_command_runs_the_comparison_and_one_reports_it(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     out = tmp_path / "cmp"
@@ -50,9 +87,16 @@ def test_one_command_runs_the_comparison_and_one_reports_it(tmp_path, monkeypatc
     mtime = os.path.getmtime(out / "seed1" / "binary_ste" / "summary.json")
     assert compare.main(args) == 0  # run again: finished jobs are kept
     assert os.path.getmtime(out / "seed1" / "binary_ste" / "summary.json") == mtime
+    variant = ["--algorithms", "ste", "--variant", "lr=method.cbp.optimizer.lr=0.01"]
+    assert compare.main([*args[:-2], *variant]) == 0  # the same FP32 run, one more job
+    assert os.path.getmtime(out / "seed1" / "binary_ste" / "summary.json") == mtime
+    tried = out / "seed1" / "binary_ste@lr"
+    assert json.loads((tried / "summary.json").read_text())["variant"] == "lr"
+    assert "method.cbp.optimizer.lr=0.01" in (tried / ".hydra" / "overrides.yaml").read_text()
     report = report_sweep(out, plots=False)
     text = report["markdown"].read_text()
     assert "Algorithms side by side" in text and "| stbp_mnist5k | binary |" in text
+    assert "| row | quant | ptq | ste | ste@lr |" in text
     assert "cfs_by_algorithm" not in text
 
 

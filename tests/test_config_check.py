@@ -49,6 +49,12 @@ def test_a_typo_in_an_experiment_yaml_fails_before_any_data_is_read(tmp_path, mo
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_a_variant_name_is_checked_up_front():
+    check_config(compose(["variant=slow_window-2"]))
+    assert "letters, digits, _ and - only" in rejected(["variant=slow window"])
+    assert "variant=a/b" in rejected(["variant=a/b"])
+
+
 def test_a_typo_on_the_command_line_names_the_key_and_the_valid_ones():
     message = rejected(["method=sg", "+method.module.tau=3.0"])
     assert "'method.module.tau'" in message and "tau0" in message and "learnable_tau" in message

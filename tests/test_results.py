@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cbpqsnn.quant.baselines import algorithm_label
 from cbpqsnn.reporting import report_sweep
 from tests.conftest import ROOT
 
@@ -28,7 +29,8 @@ def test_every_kept_summary_is_the_job_its_folder_names(comparison):
     for path, s in found.items():
         job, seed = path.parent.name, path.parent.parent.name
         assert (s["row"], seed) == (comparison.name, f"seed{s['seed']}"), path
-        assert job == ("fp32" if s["quant"] == "fp32" else f"{s['quant']}_{s['algorithm']}"), path
+        label = algorithm_label(s["algorithm"], s.get("variant"))
+        assert job == ("fp32" if s["quant"] == "fp32" else f"{s['quant']}_{label}"), path
         assert s["acc_delta"] == pytest.approx(s["quant_acc"] - s["fp32_acc"]), path
 
 

@@ -81,13 +81,14 @@ def offline_runs(run_dir: Path, timeout: float = 60.0) -> dict[str, dict[str, An
 def test_the_result_run_holds_the_summary_numbers_and_the_comparison_keys(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     overrides = [o for o in TINY if o != "logger=csv"]
-    summary = run(compose([*overrides, "logger=default", "quant=ternary", "seed=7"]), tmp_path)
+    summary = run(compose([*overrides, "logger=default", "quant=ternary", "seed=7",
+                                "variant=try1"]), tmp_path)
     runs = offline_runs(tmp_path)
     assert set(runs) == {"pretrain", "cbp", "result"}
     result = runs["result"]
     for key in ("fp32_acc", "quant_acc", "acc_delta", "latent_acc", "memory_ratio",
-                "bits_per_weight", "cfs_final", "levels_ok", "algorithm", "quant"):
+                "bits_per_weight", "cfs_final", "levels_ok", "algorithm", "quant", "variant"):
         assert result["summary"][key] == pytest.approx(summary[key]), key
     config = result["config"]
-    assert (config["row"], config["level_set"], config["algorithm"], config["seed"]) == (
-        summary["row"], "ternary", "cbp", 7)
+    assert (config["row"], config["level_set"], config["algorithm"], config["seed"],
+            config["variant"]) == (summary["row"], "ternary", "cbp", 7, "try1")

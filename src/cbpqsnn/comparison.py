@@ -19,6 +19,13 @@ The protocol (``src/compare.py``; report with ``src/report.py <out>``):
 Each job is a ``src/train.py`` process in ``<out>/seed<s>/<level set>_<algorithm>/`` (``fp32`` for
 the FP32 run); a job whose ``summary.json`` exists is not run again, so an interrupted comparison
 continues where it stopped. Every job's config is composed and checked before the first one runs.
+
+Variants (``--variant NAME=OVERRIDE``, repeatable; one name may collect several overrides) try
+other settings of the fine-tuning from the same FP32 networks: each (level set, algorithm) pair
+runs once per variant, in ``<level set>_<algorithm>@<NAME>/``, with ``variant=NAME`` and the
+variant's overrides after the protocol's (so a variant may switch CBP's LR drop back on). The report
+shows ``<algorithm>@<NAME>`` as an algorithm of its own. A variant may not change what the FP32
+network or the pairing depends on (the seed, experiment, model, data, T, level set, pretraining).
 """
 
 from __future__ import annotations
@@ -34,16 +41,39 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from cbpqsnn.config_check import check_config
-from cbpqsnn.quant.baselines import ALGORITHMS, check_algorithm
+from cbpqsnn.quant.baselines import ALGORITHMS, algorithm_label, check_algorithm
 from cbpqsnn.quant.levels import level_factors
 
 FAIR = ["method.cbp.callback.lr_drop_at_g=null"]  # the protocol's one override (docstring)
+# keys a variant's overrides may not set: they decide the FP32 network, the level set or the pairing
+NOT_IN_VARIANTS = ("seed", "experiment", "model", "data", "T", "quant", "method.pretrain",
+                   "method.module", "pretrained", "resume", "variant", "row", "hydra")
+
+
+def parse_variants(specs: Sequence[str]) -> dict[str, list[str]]:
+    """``["slow=method.cbp.callback.p_max=4", "slow=...", ...]`` -> ``{"slow": [overrides]}`` (in
+    order), with a clear error for a malformed spec or an override a variant may not set."""
+    from cbpqsnn.config_check import VARIANT_NAME
+
+    variants: dict[str, list[str]] = {}
+    for spec in specs:
+        name, _, override = spec.partition("=")
+        if not VARIANT_NAME.fullmatch(name) or "=" not in override:
+            raise ValueError(f"--variant {spec!r}: write NAME=KEY=VALUE, e.g. --variant "
+                             "slow_window=method.cbp.callback.p_max=4 (NAME: letters, digits, _ -)")
+        key = override.split("=", 1)[0].lstrip("+~")
+        if any(key == k or key.startswith(k + ".") or key.startswith(k + "@") for k in NOT_IN_VARIANTS):
+            raise ValueError(f"--variant {spec!r}: a variant may not set {key!r} (it decides the FP32 "
+                             f"network or the pairing; not allowed: {', '.join(NOT_IN_VARIANTS)}); "
+                             "give it to every job as a shared override instead")
+        variants.setdefault(name, []).append(override)
+    return variants
 
 
 @dataclass(frozen=True)
 class Job:
     seed: int
-    name: str  # "fp32" or "<level set>_<algorithm>"
+    name: str  # "fp32" or "<level set>_<algorithm>[@<variant>]"
     overrides: tuple[str, ...]  # without pretrained= (the FP32 job writes that checkpoint)
     run_dir: Path
 
@@ -58,8 +88,10 @@ class Job:
 
 
 def plan(overrides: Sequence[str], seeds: Sequence[int], level_sets: Sequence[str],
-         algorithms: Sequence[str], out: Path) -> tuple[list[Job], list[str]]:
-    """The jobs of a comparison (FP32 first in every seed) and the skipped pairs, with why."""
+         algorithms: Sequence[str], out: Path,
+         variants: Mapping[str, Sequence[str]] | None = None) -> tuple[list[Job], list[str]]:
+    """The jobs of a comparison (FP32 first in every seed) and the skipped pairs, with why. With
+    ``variants`` (name -> overrides), every pair runs once per variant instead of plainly."""
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown:
         raise ValueError(f"unknown algorithm(s) {unknown}; valid choices: {list(ALGORITHMS)}")
@@ -75,10 +107,12 @@ def plan(overrides: Sequence[str], seeds: Sequence[int], level_sets: Sequence[st
                     if seed == seeds[0]:
                         skipped.append(f"{level_set} / {algorithm}: {err}")
                     continue
-                name = f"{level_set}_{algorithm}"
-                jobs.append(Job(seed, name, (*overrides, f"quant={level_set}",
-                                             f"quant.algorithm={algorithm}", f"seed={seed}", *FAIR),
-                                folder / name))
+                for variant, extra in (variants or {None: []}).items():
+                    name = f"{level_set}_{algorithm_label(algorithm, variant)}"
+                    tried = (f"variant={variant}", *extra) if variant else ()
+                    jobs.append(Job(seed, name, (*overrides, f"quant={level_set}",
+                                                 f"quant.algorithm={algorithm}", f"seed={seed}",
+                                                 *FAIR, *tried), folder / name))
     return jobs, skipped
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,9 @@ from cbpqsnn.quant.baselines import ALGORITHMS, check_algorithm
 from cbpqsnn.quant.callback import MULTIPLIER_OPTIMIZERS, NO_QUANT, QUANT_GROUP_ARGS, CBPCallback
 from cbpqsnn.quant.levels import SCALES, level_factors
 
-TOP_KEYS = ("seed", "T", "pretrained", "resume", "row", "run_name", "paths", "data", "model",
-            "method", "quant", "trainer", "logger", "hardware")
+TOP_KEYS = ("seed", "T", "pretrained", "resume", "row", "run_name", "variant", "paths", "data",
+            "model", "method", "quant", "trainer", "logger", "hardware")
+VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
 HARDWARE_KEYS = ("samples", "energy_pj")
 METHOD_KEYS = ("name", "module", "pretrain", "cbp")
 DATA_KEYS = ("name", "datamodule")
@@ -96,6 +98,10 @@ def check_config(cfg: DictConfig) -> None:
                         "CBP stage started from> (the FP32 accuracy is measured on it)")
     if container.get("resume") and not quantize:
         problems.append("resume=<cbp checkpoint> needs a quantized run; quant=fp32 has no CBP stage")
+    variant = container.get("variant")
+    if variant is not None and not VARIANT_NAME.fullmatch(str(variant)):
+        problems.append(f"variant={variant}: a variant name is letters, digits, _ and - only "
+                        "(e.g. variant=slow_window)")
     for key in ("pretrained", "resume"):
         path = container.get(key)
         if path and not Path(str(path)).is_file():

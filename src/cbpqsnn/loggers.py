@@ -13,9 +13,12 @@ WANDB_MODES = ("offline", "online", "disabled")
 
 
 def run_tags(cfg: DictConfig) -> list[str]:
-    """W&B tags that line runs up in a dashboard: method, data, model, quant (and algorithm)."""
+    """W&B tags that line runs up in a dashboard: method, data, model, quant, algorithm (and the
+    variant, where the run has one)."""
+    variant = cfg.get("variant")
     return [f"method:{cfg.method.name}", f"data:{cfg.data.name}", f"model:{cfg.model.name}",
-            f"quant:{cfg.quant.name}", f"algorithm:{cfg.quant.algorithm}"]
+            f"quant:{cfg.quant.name}", f"algorithm:{cfg.quant.algorithm}",
+            *([f"variant:{variant}"] if variant else [])]
 
 
 def _wandb_mode(cfg: DictConfig) -> str | None:
@@ -61,7 +64,8 @@ def log_result(cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> None:
 
     args = _wandb_run_args(cfg, "result")
     args["config"] = {**args["config"], "row": cfg.row, "level_set": cfg.quant.name,
-                      "algorithm": cfg.quant.algorithm, "seed": int(cfg.seed)}
+                      "algorithm": cfg.quant.algorithm, "variant": cfg.get("variant"),
+                      "seed": int(cfg.seed)}
     run = wandb.init(mode=mode, dir=str(run_dir), **args)
     try:
         run.summary.update({k: v for k, v in summary.items()

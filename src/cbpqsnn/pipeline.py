@@ -108,8 +108,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     summary: dict[str, Any] = {
         "row": cfg.row, "method": cfg.method.name, "data": cfg.data.name, "model": cfg.model.name,
-        "quant": cfg.quant.name, "algorithm": cfg.quant.algorithm, "seed": int(cfg.seed),
-        "fp32_acc": fp32_acc, "epochs_pretrain": epochs_pretrain, "fp32_checkpoint": fp32_ckpt,
+        "quant": cfg.quant.name, "algorithm": cfg.quant.algorithm, "variant": cfg.get("variant"),
+        "seed": int(cfg.seed), "fp32_acc": fp32_acc, "epochs_pretrain": epochs_pretrain,
+        "fp32_checkpoint": fp32_ckpt,
         **method_summary,
     }
     if not quantize:

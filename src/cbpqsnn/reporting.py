@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from cbpqsnn.quant.baselines import ALGORITHMS
+from cbpqsnn.quant.baselines import ALGORITHMS, algorithm_label, label_order
 
 
 def print_summary(summary: dict[str, Any], run_dir: str | Path, console: Console | None = None) -> None:
@@ -75,7 +75,7 @@ def aggregate(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for s in summaries:
         row = s.get("row") or f"{s['method']}_{s['data']}"
-        groups[(row, s["quant"], s["algorithm"])].append(s)
+        groups[(row, s["quant"], _label(s))].append(s)
     table = []
     for (row, quant, algorithm), runs in sorted(groups.items()):
         entry: dict[str, Any] = {"row": row, "quant": quant, "algorithm": algorithm,
@@ -86,6 +86,11 @@ def aggregate(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry[key], entry[f"{key}_std"] = _mean_std(known) if len(known) == len(values) else (None, None)
         table.append(entry)
     return table
+
+
+def _label(summary: dict[str, Any]) -> str:
+    """The algorithm a run counts as: its ``algorithm``, with ``@<variant>`` where it tried one."""
+    return algorithm_label(summary["algorithm"], summary.get("variant"))
 
 
 def _number(summary: dict[str, Any], key: str) -> float | None:
@@ -115,11 +120,11 @@ def side_by_side(table: list[dict[str, Any]]) -> list[str]:
     """Markdown: one line per (row, level set), one column per algorithm: quantized accuracy
     (mean ± std over seeds) and its delta to FP32; the best mean in bold. Empty when no
     (row, level set) has two algorithms."""
-    algorithms = [a for a in ALGORITHMS if any(e["algorithm"] == a for e in table)]
+    quantized = [e for e in table if e["algorithm"].split("@", 1)[0] in ALGORITHMS]
+    algorithms = sorted({e["algorithm"] for e in quantized}, key=label_order)
     groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
-    for e in table:
-        if e["algorithm"] in algorithms:
-            groups[(e["row"], e["quant"])][e["algorithm"]] = e
+    for e in quantized:
+        groups[(e["row"], e["quant"])][e["algorithm"]] = e
     if not any(len(g) > 1 for g in groups.values()):
         return []
     lines = ["| row | quant | " + " | ".join(algorithms) + " |", "|" + "---|" * (2 + len(algorithms))]
@@ -216,7 +221,7 @@ def write_plots(runs: list[tuple[Path, dict[str, Any]]], table: list[dict[str, A
         written.append(out_dir / "cbp_curves.png")
         fig.savefig(written[-1], dpi=120)
         plt.close(fig)
-    if len({s["algorithm"] for _, s in curves}) > 1:
+    if len({_label(s) for _, s in curves}) > 1:
         written.append(_cfs_by_algorithm(curves, out_dir))
     # weight histograms of the quantized layers: pretrained vs latent at the end of CBP
     for run_dir, s in curves:
@@ -248,15 +253,18 @@ def _cfs_by_algorithm(curves: list[tuple[Path, dict[str, Any]]], out_dir: Path) 
     by_panel: dict[tuple[str, str], dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     for _, s in curves:
         row = s.get("row") or f"{s['method']}_{s['data']}"
-        by_panel[(row, s["quant"])][s["algorithm"]].append(s["history"]["cfs"])
+        by_panel[(row, s["quant"])][_label(s)].append(s["history"]["cfs"])
     panels = sorted(by_panel)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
-        for algorithm, histories in sorted(by_panel[panel].items()):
+        for label in sorted(by_panel[panel], key=label_order):
+            histories = by_panel[panel][label]
             length = min(len(h) for h in histories)
             mean = [statistics.fmean(h[i] for h in histories) for i in range(length)]
-            color = f"C{ALGORITHMS.index(algorithm)}" if algorithm in ALGORITHMS else None
-            ax.plot(range(1, length + 1), mean, marker="o", markersize=3, label=algorithm, color=color)
+            base = label.split("@", 1)[0]
+            color = f"C{ALGORITHMS.index(base)}" if base in ALGORITHMS else None
+            ax.plot(range(1, length + 1), mean, marker="o", markersize=3, label=label, color=color,
+                    linestyle="--" if "@" in label else "-")
         ax.set(xlabel="fine-tuning epoch", ylabel="CFS (mean over seeds)", title=" / ".join(panel))
         ax.legend(fontsize=7)
     fig.tight_layout()

@@ -48,6 +48,18 @@ def _uniform_steps(factors: Sequence[float]) -> int | None:
     return qp if uniform else None
 
 
+def algorithm_label(algorithm: str, variant: str | None = None) -> str:
+    """How job folders and reports name an algorithm run with a variant (the config's
+    ``variant``, non-default settings it tries): ``cbp@slow_window``; plainly ``cbp``."""
+    return f"{algorithm}@{variant}" if variant else algorithm
+
+
+def label_order(label: str) -> tuple[int, str]:
+    """Sort key of algorithm labels: ``ALGORITHMS`` order, each algorithm before its variants."""
+    base = label.split("@", 1)[0]
+    return (ALGORITHMS.index(base) if base in ALGORITHMS else len(ALGORITHMS), label)
+
+
 def check_algorithm(algorithm: str, factors: Sequence[float]) -> None:
     """An unknown algorithm, or one not defined for the level set, is a ValueError saying which."""
     if algorithm not in ALGORITHMS:
