@@ -54,6 +54,11 @@ def test_the_report_of_the_kept_summaries_averages_them_over_seeds(comparison, t
     rows = list(csv.DictReader(result["csv"].open()))
     assert result["runs"] == len(found)
     for row in rows:
-        runs = [s for s in found if (s["quant"], s["algorithm"]) == (row["quant"], row["algorithm"])]
+        runs = [
+            s
+            for s in found
+            if (s["quant"], algorithm_label(s["algorithm"], s.get("variant")))
+            == (row["quant"], row["algorithm"])
+        ]
         assert int(row["seeds"]) == len(runs)
         assert float(row["quant_acc"]) == pytest.approx(statistics.fmean(s["quant_acc"] for s in runs))
