@@ -112,6 +112,10 @@ BUDGETS: dict[str, Budget] = {
     # loss fall at batch 50?
     "stbp_cifar10@width16": Budget(minutes=20, batch=None, test=1000),
     "tsslbp_cifar10@width4": Budget(minutes=20, batch=None, test=1000),
+    # ... and a longer run on a narrower net: does the stream learn after thousands of steps?
+    "tsslbp_cifar10@width8": Budget(minutes=40, batch=None, test=1000),
+    # ... with plain BPTT through the same neuron (sigmoid surrogate): is it the TSSL-BP backward?
+    "tsslbp_cifar10@width8+surrogate": Budget(minutes=20, batch=None, test=1000),
     # ... with TSSL-BP's later backward (method.module.backward=tssl_rising)
     "tsslbp_cifar10@width4+tssl_rising": Budget(minutes=20, batch=None, test=1000),
     # ... and with an init that keeps every layer firing (model.init=kaiming_normal)
@@ -126,7 +130,8 @@ DEFAULT_ROWS = [row for row in BUDGETS if "@" not in row]
 VARIANTS = {"torch_init": ["model.init=torch"], "no_dropout": ["model.dropout=0.0"],
             "kaiming_init": ["model.init=kaiming_normal"],
             "lr0.03": ["method.pretrain.optimizer.lr=0.03"],
-            "tssl_rising": ["method.module.backward=tssl_rising"]}
+            "tssl_rising": ["method.module.backward=tssl_rising"],
+            "surrogate": ["method.module.backward=surrogate"]}
 CIFAR_TRAIN_SUBSET = 10_000
 DVS_SIDE = 128
 CIFAR_FOLDER = "cifar10-jpeg"
