@@ -116,6 +116,8 @@ BUDGETS: dict[str, Budget] = {
     "tsslbp_cifar10@width8": Budget(minutes=40, batch=None, test=1000),
     # ... with plain BPTT through the same neuron (sigmoid surrogate): is it the TSSL-BP backward?
     "tsslbp_cifar10@width8+surrogate": Budget(minutes=20, batch=None, test=1000),
+    # ... with the target filtered once, as the paper's text (the code filters it twice)
+    "tsslbp_cifar10@width8+single_target": Budget(minutes=20, batch=None, test=1000),
     # ... with TSSL-BP's later backward (method.module.backward=tssl_rising)
     "tsslbp_cifar10@width4+tssl_rising": Budget(minutes=20, batch=None, test=1000),
     # ... and with an init that keeps every layer firing (model.init=kaiming_normal)
@@ -131,7 +133,8 @@ VARIANTS = {"torch_init": ["model.init=torch"], "no_dropout": ["model.dropout=0.
             "kaiming_init": ["model.init=kaiming_normal"],
             "lr0.03": ["method.pretrain.optimizer.lr=0.03"],
             "tssl_rising": ["method.module.backward=tssl_rising"],
-            "surrogate": ["method.module.backward=surrogate"]}
+            "surrogate": ["method.module.backward=surrogate"],
+            "single_target": ["method.module.double_filtered_target=false"]}
 CIFAR_TRAIN_SUBSET = 10_000
 DVS_SIDE = 128
 CIFAR_FOLDER = "cifar10-jpeg"
