@@ -118,6 +118,9 @@ BUDGETS: dict[str, Budget] = {
     "tsslbp_cifar10@width8+surrogate": Budget(minutes=20, batch=None, test=1000),
     # ... with the target filtered once, as the paper's text (the code filters it twice)
     "tsslbp_cifar10@width8+single_target": Budget(minutes=20, batch=None, test=1000),
+    # ... with the reference code's cross-entropy loss (loss_f.py spike_soft_max) instead of the
+    # kernel loss: does the same network learn under another loss?
+    "tsslbp_cifar10@width8+softmax": Budget(minutes=20, batch=None, test=1000),
     # ... with TSSL-BP's later backward (method.module.backward=tssl_rising)
     "tsslbp_cifar10@width4+tssl_rising": Budget(minutes=20, batch=None, test=1000),
     # ... and with an init that keeps every layer firing (model.init=kaiming_normal)
@@ -134,7 +137,8 @@ VARIANTS = {"torch_init": ["model.init=torch"], "no_dropout": ["model.dropout=0.
             "lr0.03": ["method.pretrain.optimizer.lr=0.03"],
             "tssl_rising": ["method.module.backward=tssl_rising"],
             "surrogate": ["method.module.backward=surrogate"],
-            "single_target": ["method.module.double_filtered_target=false"]}
+            "single_target": ["method.module.double_filtered_target=false"],
+            "softmax": ["method.module.loss=softmax"]}
 CIFAR_TRAIN_SUBSET = 10_000
 DVS_SIDE = 128
 CIFAR_FOLDER = "cifar10-jpeg"

@@ -306,6 +306,37 @@ def test_kernel_loss_and_readout_match_hand_computation():
     assert module.readout(batch).argmax(1).tolist() == [1, 0]
 
 
+def test_count_loss_is_one_sided_and_its_gradient_is_delta_at_every_step_as_the_reference():
+    module = tssl_module(["FC4"], classes=3, loss="count")  # desired 5, undesired 1
+    # summed traces per class: 0.3, 2.5, 1.5 with label 1
+    out = torch.zeros(5, 1, 3)
+    out[:, 0, 0] = torch.tensor([0.0, 0.2, 0.0, 0.1, 0.0])
+    out[:, 0, 1] = 0.5
+    out[:, 0, 2] = 0.3
+    out.requires_grad_(True)
+    # label: (2.5 - 5) / 5 = -0.5 (below its count: kept); class 0: (0.3 - 1) / 5 < 0 (below: 0);
+    # class 2: (1.5 - 1) / 5 = 0.1 (above its count: kept)
+    loss = module.loss(out, torch.tensor([1]))
+    assert loss.item() == pytest.approx(0.5 * 5 * (0.5 ** 2 + 0.1 ** 2), rel=1e-6)
+    loss.backward()
+    # loss_count's backward passes delta itself to the output at every step
+    assert out.grad[:, 0].tolist() == [pytest.approx([0.0, -0.5, 0.1], abs=1e-7)] * 5
+    # the label neuron above its count and the others below theirs cost nothing
+    quiet = torch.zeros(5, 1, 3)
+    quiet[:, 0, 1] = 1.2  # summed 6 > 5
+    assert module.loss(quiet, torch.tensor([1])).item() == 0.0
+
+
+def test_softmax_loss_is_cross_entropy_of_the_summed_traces():
+    module = tssl_module(["FC4"], classes=2, loss="softmax")
+    out = torch.tensor([[[0.0, 0.5]], [[0.2, 0.5]], [[0.0, 0.5]], [[0.1, 0.5]], [[0.0, 0.5]]])
+    scores = [0.3, 2.5]
+    expected = -(scores[1] - math.log(math.exp(scores[0]) + math.exp(scores[1])))
+    assert module.loss(out, torch.tensor([1])).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="unknown loss 'mse'.*kernel.*count.*softmax"):
+        tssl_module(["FC4"], classes=2, loss="mse")
+
+
 def test_weights_are_clamped_after_every_optimizer_step():
     module = tssl_module(["C4", "P2", "FC8"])
     opt = torch.optim.SGD(module.parameters(), lr=100.0)

@@ -20,6 +20,7 @@ from cbpqsnn.neurons import TSSLConstants, TSSLNeuron, psp_trace
 
 BACKWARDS = ("tssl", "tssl_rising", "surrogate")
 REDUCTIONS = ("sum", "mean")
+LOSSES = ("kernel", "count", "softmax")
 
 
 def desired_spikes(T: int, pattern: Sequence[float] | None = None) -> Tensor:
@@ -81,9 +82,20 @@ def build_tssl_net(model: dict[str, Any], in_shape: tuple[int, ...], num_classes
 
 
 class TSSLClassifier(SpikingClassifier):
-    """``scores = sum_t a_out[t]``; kernel loss ``0.5 * sum_{t,c} (a_out[t,c] - a_target[t,c])^2``
-    (summed or averaged over the batch), ``a_target`` the :func:`target_trace` for the label neuron
-    and 0 for the others.
+    """``scores = sum_t a_out[t]``; one of the reference code's three losses
+    (``stonezwr/TSSL-BP`` ``functions/loss_f.py``, chosen by its ``loss`` setting):
+
+    - ``kernel`` (the CIFAR-10 row's): ``0.5 * sum_{t,c} (a_out[t,c] - a_target[t,c])^2``,
+      ``a_target`` the :func:`target_trace` for the label neuron and 0 for the others;
+    - ``count`` (``loss_count``): ``delta_c = (sum_t a_out[t,c] - n_c) / T`` with ``n_c`` =
+      ``desired_count`` for the label and ``undesired_count`` for the others, set to 0 where the
+      label neuron is above its count or another neuron below its count (one-sided), and
+      ``0.5 * T * sum_c delta_c^2`` (the reference repeats ``delta`` over the T steps);
+    - ``softmax`` (``spike_soft_max``): cross-entropy of ``log_softmax(scores)``, averaged over the
+      batch whatever ``loss_reduction`` says (``CrossEntropyLoss``'s mean, as the reference).
+
+    Each sample's ``kernel`` / ``count`` loss is summed or averaged over the batch
+    (``loss_reduction``).
 
     ``double_filtered_target`` (default True): the target is the desired spike train PSP-filtered
     twice, as in the authors' code (TSSL-BP ``main.py`` + ``functions/loss_f.py``, see
@@ -93,8 +105,9 @@ class TSSLClassifier(SpikingClassifier):
     ``fallback_scale`` (0.2), ``fallback_clamp`` (8), ``silent_trace`` (0.25), ``backward``
     (``tssl``: the TSSL-BP code CBP-QSNN ran | ``tssl_rising``: TSSL-BP's later master, timing
     terms also at quiet steps whose membrane rose, see :mod:`cbpqsnn.neurons.tssl` | ``surrogate``),
-    ``pool_scale`` (1.1), ``desired_spikes`` (null: reference rule),
-    ``loss_reduction`` (``sum`` as the reference code | ``mean``), ``weight_clamp`` (4; null: off).
+    ``pool_scale`` (1.1), ``desired_spikes`` (null: reference rule), ``loss`` (``kernel``),
+    ``desired_count`` (5) and ``undesired_count`` (1) for ``count``, ``loss_reduction`` (``sum``
+    as the reference code | ``mean``), ``weight_clamp`` (4; null: off).
     """
 
     MODEL_OPTIONS: ClassVar[dict[str, Any]] = {
@@ -105,10 +118,13 @@ class TSSLClassifier(SpikingClassifier):
                  max_inverse_slope: float = 8.0, fallback_scale: float = 0.2,
                  fallback_clamp: float = 8.0, silent_trace: float = 0.25, backward: str = "tssl",
                  pool_scale: float = 1.1, desired_spikes: Sequence[float] | None = None,
-                 double_filtered_target: bool = True, loss_reduction: str = "sum",
+                 double_filtered_target: bool = True, loss: str = "kernel",
+                 desired_count: float = 5.0, undesired_count: float = 1.0, loss_reduction: str = "sum",
                  weight_clamp: float | None = 4.0, **base: Any) -> None:
         if backward not in BACKWARDS:
             raise ValueError(f"unknown backward {backward!r}; valid choices: {list(BACKWARDS)}")
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss {loss!r}; valid choices: {list(LOSSES)}")
         if loss_reduction not in REDUCTIONS:
             raise ValueError(f"unknown loss_reduction {loss_reduction!r}; valid choices: {list(REDUCTIONS)}")
         super().__init__(model, in_shape, num_classes, T, **base)
@@ -131,12 +147,27 @@ class TSSLClassifier(SpikingClassifier):
         return out.sum(0)
 
     def loss(self, out: Tensor, target: Tensor) -> Tensor:
+        kind = self.hparams.loss
+        if kind == "softmax":
+            return nn.functional.cross_entropy(self.readout(out), target)
+        per_sample = self._count_loss(out, target) if kind == "count" else self._kernel_loss(out, target)
+        return per_sample.sum() if self.hparams.loss_reduction == "sum" else per_sample.mean()
+
+    def _count_loss(self, out: Tensor, target: Tensor) -> Tensor:
+        hp, T = self.hparams, out.shape[0]
+        label = nn.functional.one_hot(target, self.num_classes).bool()            # [B, C]
+        wanted = torch.where(label, float(hp.desired_count), float(hp.undesired_count))
+        delta = (out.sum(0) - wanted.to(out)) / T
+        # one-sided: the label neuron may fire more than its count, the others less than theirs
+        delta = torch.where(label, delta.clamp(max=0), delta.clamp(min=0))
+        return 0.5 * T * delta.square().sum(1)
+
+    def _kernel_loss(self, out: Tensor, target: Tensor) -> Tensor:
         trace = target_trace(out.shape[0], self.constants.tau_s, self.hparams.desired_spikes,
                              bool(self.hparams.double_filtered_target)).to(out)
         hot = nn.functional.one_hot(target, self.num_classes).to(out.dtype)  # [B, C]
         desired = trace.view(-1, 1, 1) * hot.unsqueeze(0)                     # [T, B, C]
-        per_sample = 0.5 * (out - desired).square().sum(dim=(0, 2))
-        return per_sample.sum() if self.hparams.loss_reduction == "sum" else per_sample.mean()
+        return 0.5 * (out - desired).square().sum(dim=(0, 2))
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         """The optimizer step, then every weight clamped to ``[-weight_clamp, weight_clamp]``."""
