@@ -121,6 +121,10 @@ BUDGETS: dict[str, Budget] = {
     # ... with the reference code's cross-entropy loss (loss_f.py spike_soft_max) instead of the
     # kernel loss: does the same network learn under another loss?
     "tsslbp_cifar10@width8+softmax": Budget(minutes=20, batch=None, test=1000),
+    # ... at 8x the LR (2e-4 -> 1.6e-3): widthN alone is the full net at an N times smaller LR in
+    # the hidden layers (see row_config), so earlier @widthN runs may have trained N times too slowly
+    "tsslbp_cifar10@width8+lrx8": Budget(minutes=20, batch=None, test=1000),
+    "stbp_cifar10@width16+lrx16": Budget(minutes=20, batch=None, test=1000),
     # ... with TSSL-BP's later backward (method.module.backward=tssl_rising)
     "tsslbp_cifar10@width4+tssl_rising": Budget(minutes=20, batch=None, test=1000),
     # ... and with an init that keeps every layer firing (model.init=kaiming_normal)
@@ -206,6 +210,14 @@ def row_config(row: str, data_dir: Path) -> DictConfig:
     for width in [v for v in variants if v.startswith("width")]:
         with open_dict(cfg):
             cfg.model.spec = narrowed(list(cfg.model.spec), int(width.removeprefix("width")))
+    for factor in [v for v in variants if re.fullmatch(r"lrx\d+", v)]:
+        # ``widthN+lrxN``: at the same LR a net with every width / N moves each hidden
+        # pre-activation N times less per step (standard parametrization: SGD's and Adam's change
+        # of u = sum_i w_i x_i adds up over the fan-in, which shrank N times), so widthN alone is
+        # the full net at an N times smaller LR; lrxN restores the hidden layers' per-step change
+        # (the first layer, whose fan-in did not shrink, then moves N times faster than at full width)
+        with open_dict(cfg):
+            cfg.method.pretrain.optimizer.lr = float(cfg.method.pretrain.optimizer.lr) * int(factor[3:])
     if name.startswith("sg_"):  # drop the row dataset's own keys (e.g. CIFAR10-DVS's split)
         nmnist_keys = OmegaConf.load(ROOT / "conf" / "data" / "nmnist.yaml").datamodule.keys()
         with open_dict(cfg):

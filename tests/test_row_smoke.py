@@ -34,6 +34,9 @@ def test_every_budgeted_row_composes_its_experiment_on_the_local_data(tmp_path):
             divisor = int(width.removeprefix("width"))
             full = row_smoke.row_config(name, tmp_path).model.spec
             assert [w for w in cfg.model.spec] == row_smoke.narrowed(list(full), divisor) != list(full)
+        published = row_smoke.row_config(name, tmp_path).method.pretrain.optimizer.lr
+        for factor in [int(v[3:]) for v in variants if v.startswith("lrx")]:  # widthN+lrxN
+            assert cfg.method.pretrain.optimizer.lr == published * factor
         instantiate(cfg.data.datamodule)  # the row's own data keys do not leak into nmnist's
     assert "@" not in ",".join(row_smoke.DEFAULT_ROWS) and len(row_smoke.DEFAULT_ROWS) == 7
     assert row_smoke.head_classes("stbp_cifar100") == 100
