@@ -211,11 +211,13 @@ def row_config(row: str, data_dir: Path) -> DictConfig:
         with open_dict(cfg):
             cfg.model.spec = narrowed(list(cfg.model.spec), int(width.removeprefix("width")))
     for factor in [v for v in variants if re.fullmatch(r"lrx\d+", v)]:
-        # ``widthN+lrxN``: at the same LR a net with every width / N moves each hidden
-        # pre-activation N times less per step (standard parametrization: SGD's and Adam's change
-        # of u = sum_i w_i x_i adds up over the fan-in, which shrank N times), so widthN alone is
-        # the full net at an N times smaller LR; lrxN restores the hidden layers' per-step change
-        # (the first layer, whose fan-in did not shrink, then moves N times faster than at full width)
+        # ``widthN+lrxN``: the LR times N. Under the standard parametrization a layer with N
+        # times fewer inputs moves its pre-activations less per step at the same LR (the change
+        # of u = sum_i w_i x_i adds up over the fan-in), so ``widthN`` alone is partly the full
+        # net at a smaller LR. Measured (``width_step.py``): not N times less -- at width / 8
+        # TSSL-BP's hidden layers move 2-3x less than at full width, at width / 16 STBP's 1-5x --
+        # so ``lrxN`` over-compensates; a bound, not a match (the first layer, whose fan-in did
+        # not shrink, moves N times faster than at full width)
         with open_dict(cfg):
             cfg.method.pretrain.optimizer.lr = float(cfg.method.pretrain.optimizer.lr) * int(factor[3:])
     if name.startswith("sg_"):  # drop the row dataset's own keys (e.g. CIFAR10-DVS's split)

@@ -115,3 +115,17 @@ def test_peer_speed_checks_a_channels_last_column_against_the_channels_last_plai
     monkeypatch.setitem(peer_speed.COLUMNS, "project_other", peer_speed.COLUMNS["project_cl"])
     with pytest.raises(AssertionError, match="project_other spikes differ"):
         peer_speed.check("conv", ["project_other"])
+
+
+def test_width_step_measures_each_layers_change_from_one_step_at_the_rows_lr():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import width_step
+
+    lr, changes = width_step.layer_changes("stbp_cifar10", 32, batch=4, lr_factor=1.0)
+    assert lr == 0.3 and len(changes) == 10  # SGD 0.3; the 7Conv3FC's ten conv / FC layers
+    assert all(c >= 0 and c == c for c in changes) and changes[0] > 0
+    # the first layer's input does not change, so its pre-activations move linearly in the step
+    # (first SGD step: momentum buffer = gradient): twice the LR, exactly twice the change
+    lr2, doubled = width_step.layer_changes("stbp_cifar10", 32, batch=4, lr_factor=2.0)
+    assert lr2 == 0.6 and doubled[0] == pytest.approx(2 * changes[0], rel=1e-4)
+    assert width_step.layer_changes("stbp_cifar10", 32, batch=4, lr_factor=0.0)[1] == [0.0] * 10
