@@ -121,8 +121,11 @@ BUDGETS: dict[str, Budget] = {
     # ... with the reference code's cross-entropy loss (loss_f.py spike_soft_max) instead of the
     # kernel loss: does the same network learn under another loss?
     "tsslbp_cifar10@width8+softmax": Budget(minutes=20, batch=None, test=1000),
-    # ... at 8x the LR (2e-4 -> 1.6e-3): widthN alone is the full net at an N times smaller LR in
-    # the hidden layers (see row_config), so earlier @widthN runs may have trained N times too slowly
+    # ... and with its spike-count loss (loss_f.py spike_count: one-sided, desired 5 / undesired 1)
+    "tsslbp_cifar10@width8+count": Budget(minutes=20, batch=None, test=1000),
+    # ... at 8x the LR (2e-4 -> 1.6e-3): at width / N the hidden layers move less per step at the
+    # same LR (see row_config; measured 2-3x less at width / 8 by width_step.py), so earlier
+    # @widthN runs may have trained too slowly; 8x is an upper bound on the difference
     "tsslbp_cifar10@width8+lrx8": Budget(minutes=20, batch=None, test=1000),
     "stbp_cifar10@width16+lrx16": Budget(minutes=20, batch=None, test=1000),
     # ... with TSSL-BP's later backward (method.module.backward=tssl_rising)
@@ -142,7 +145,7 @@ VARIANTS = {"torch_init": ["model.init=torch"], "no_dropout": ["model.dropout=0.
             "tssl_rising": ["method.module.backward=tssl_rising"],
             "surrogate": ["method.module.backward=surrogate"],
             "single_target": ["method.module.double_filtered_target=false"],
-            "softmax": ["method.module.loss=softmax"]}
+            "softmax": ["method.module.loss=softmax"], "count": ["method.module.loss=count"]}
 CIFAR_TRAIN_SUBSET = 10_000
 DVS_SIDE = 128
 CIFAR_FOLDER = "cifar10-jpeg"
