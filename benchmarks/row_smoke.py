@@ -137,6 +137,7 @@ BUDGETS: dict[str, Budget] = {
     # rectangular surrogate passes no gradient)
     "stbp_cifar10@width16+kaiming_init+lr0.03": Budget(minutes=12, batch=None, test=1000),
     "sg_cifar10dvs@width4": Budget(minutes=15, batch=None),
+    "sg_dvs128_gesture@width4": Budget(minutes=15, batch=None),
 }
 DEFAULT_ROWS = [row for row in BUDGETS if "@" not in row]
 VARIANTS = {"torch_init": ["model.init=torch"], "no_dropout": ["model.dropout=0.0"],
