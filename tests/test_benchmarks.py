@@ -129,3 +129,35 @@ def test_width_step_measures_each_layers_change_from_one_step_at_the_rows_lr():
     lr2, doubled = width_step.layer_changes("stbp_cifar10", 32, batch=4, lr_factor=2.0)
     assert lr2 == 0.6 and doubled[0] == pytest.approx(2 * changes[0], rel=1e-4)
     assert width_step.layer_changes("stbp_cifar10", 32, batch=4, lr_factor=0.0)[1] == [0.0] * 10
+
+
+def test_step_floor_removes_every_neuron_and_keeps_the_time_steps():
+    """The floor network is the same layers with every neuron (SEW blocks' too) a pass-through:
+    its output is the stateless layers on the input repeated over T, and a whole run counts both
+    stages' epochs of steps."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import step_floor
+
+    from cbpqsnn.nets.feedforward import build_spiking_net
+    from cbpqsnn.nets.sew import SEWBlock
+    from cbpqsnn.neurons import STBPLIF
+    from tests.conftest import compose
+
+    torch.manual_seed(0)
+    net = build_spiking_net(["C4", "SEW4", "P2", "FC6"], (2, 8, 8), 3, STBPLIF, T=3)
+    neurons = sum(isinstance(m, step_floor.MultiStepNeuron) for m in net.modules())
+    assert neurons == 5  # conv, the SEW block's two, FC, classifier
+    assert step_floor.strip_neurons(net) == neurons
+    assert not any(isinstance(m, step_floor.MultiStepNeuron) for m in net.modules())
+    x = torch.randn(2, 2, 8, 8)
+    expected = x
+    for layer in net.layers:  # the stateless layers once: the input is the same at every step
+        if isinstance(layer, SEWBlock):
+            expected = expected + layer.conv2(layer.conv1(expected))
+        elif not isinstance(layer, step_floor.PassThrough):
+            expected = layer(expected)
+    out = net(x)
+    assert out.shape == (3, 2, 3)  # still T steps
+    torch.testing.assert_close(out, expected.expand(3, 2, 3))  # 3 classes
+    cfg = compose(["experiment=stbp_cifar10_cpu"])
+    assert step_floor.run_steps(cfg, 50_000) == (6 + 11) * 782  # batch 64: 782 steps an epoch
