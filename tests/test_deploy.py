@@ -113,6 +113,17 @@ def test_a_layer_without_a_mapping_or_weights_off_their_levels_are_named():
         integer.build(net, quantized, T)
 
 
+
+def test_the_integer_artifact_names_a_level_set_it_cannot_hold_briefly():
+    weight = torch.tensor([[0.5, -0.5, 0.0]])
+    codes, scale = integer._codes(weight, torch.tensor([-0.5, 0.0, 0.5]))  # ternary: exact codes
+    assert codes.tolist() == [[1, -1, 0]] and scale == 0.5
+    int8 = torch.arange(-127, 128) / 127 * 0.5
+    with pytest.raises(ValueError, match=r"got 255 factors from -1 to 1$"):  # not 255 numbers
+        integer._codes(weight, int8)
+    with pytest.raises(ValueError, match=r"got \(-1.0, -0.5, 0.0, 0.5, 1.0\)$"):
+        integer._codes(weight, torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))
+
 def test_bit_widths_by_hand():
     # layers: Linear(6, 12) LIF | Linear(12, 10) LIF (binary: fan-in 12, |code| 1, spike inputs)
     # | Linear(10, 3) LIF. Accumulator bound 12: ceil(log2 13) + 1 = 5 signed bits.

@@ -51,7 +51,9 @@ def _codes(weight: Tensor, levels: Tensor) -> tuple[np.ndarray, float]:
     scale = float(levels.abs().max())
     factors = tuple(float(f) for f in (levels / scale).tolist())
     if factors not in INTEGER_FACTORS:
-        raise ValueError(f"the integer artifact is for binary / ternary levels, got factors {factors}")
+        shown = str(factors) if len(factors) <= 5 else \
+            f"{len(factors)} factors from {factors[0]:g} to {factors[-1]:g}"  # int8: not 255 numbers
+        raise ValueError(f"the integer artifact is for binary / ternary levels, got {shown}")
     codes = torch.round(weight.detach().double() / scale)
     if not torch.equal((codes * scale).to(weight.dtype), weight.detach()):
         raise ValueError("weights are not on their levels a * F: bake the model first")
