@@ -2,7 +2,7 @@
 
     python src/compare.py [hydra overrides, e.g. experiment=sg_nmnist] --out logs/compare/<name>
         [--seeds 1,2,3] [--levels binary,ternary] [--algorithms ptq,ste,scaled_ste,lsq,cbp]
-        [--parallel N] [--variant NAME=KEY=VALUE ...]
+        [--parallel N] [--variant NAME=KEY=VALUE ...] [--reference]
     python src/report.py logs/compare/<name>      # the table, the side-by-side table, the plots
 
 Runs, per seed, ``quant=fp32`` and then every (level set, algorithm) pair from its checkpoint, each
@@ -11,6 +11,8 @@ runs up to N jobs side by side (each with cores / N threads; a seed's fine-tunin
 FP32 job, which runs alone with every core): on 2 cores, two 1-thread jobs did 1.2x the work of one
 2-thread job. ``--variant slow_window=method.cbp.callback.p_max=4`` runs the pairs with that
 setting instead, as ``cbp@slow_window`` beside the plain jobs already in the folder.
+``--reference`` adds, per seed, the FP32 network fine-tuned as long with nothing quantized
+(``fp32_finetune``): the report then gives every algorithm's accuracy against it, paired by seed.
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="binary,ternary")
     parser.add_argument("--algorithms", default="ptq,ste,scaled_ste,lsq,cbp")
     parser.add_argument("--parallel", type=int, default=1, help="jobs run side by side (default 1)")
+    parser.add_argument("--reference", action="store_true",
+                        help="also fine-tune each seed's FP32 network as long, unquantized: the "
+                             "equal-training reference the report compares every algorithm with")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=KEY=VALUE",
                         help="fine-tune every pair with these settings instead, from the same FP32 "
                              "networks, as <algorithm>@NAME (repeatable; see cbpqsnn/comparison.py)")
@@ -53,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--parallel must be at least 1, got {args.parallel}")
         seeds = [int(s) for s in _list(args.seeds)]
         jobs, skipped = plan(args.overrides, seeds, _list(args.levels), _list(args.algorithms),
-                             args.out.resolve(), parse_variants(args.variant))
+                             args.out.resolve(), parse_variants(args.variant), args.reference)
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             check_jobs(jobs, lambda overrides: compose("train", overrides=overrides))
     except (ValueError, ConfigError, HydraException) as err:

@@ -7,10 +7,11 @@ import json
 import os
 
 import pytest
+import torch
 
 from cbpqsnn import comparison
 from cbpqsnn.comparison import FAIR, parse_variants, plan
-from cbpqsnn.reporting import aggregate, report_sweep, side_by_side
+from cbpqsnn.reporting import against_reference, aggregate, report_sweep, side_by_side
 from tests.conftest import ROOT, TINY
 
 _spec = importlib.util.spec_from_file_location("cbpqsnn_compare_cli", ROOT / "src" / "compare.py")
@@ -33,6 +34,37 @@ def test_plan_starts_every_algorithm_from_its_seeds_fp32_run_and_skips_undefined
     assert all(o in command for o in FAIR) and "quant.algorithm=cbp" in command
     with pytest.raises(ValueError, match="valid choices"):
         plan([], [1], ["binary"], ["magic"], tmp_path)
+
+
+def test_the_reference_fine_tunes_each_seeds_fp32_network_unquantized(tmp_path):
+    jobs, _ = plan(["experiment=stbp_mnist5k"], [1, 2], ["binary"], ["cbp"], tmp_path, reference=True)
+    assert [(j.seed, j.name) for j in jobs] == [(1, "fp32"), (1, "fp32_finetune"), (1, "binary_cbp"),
+                                                (2, "fp32"), (2, "fp32_finetune"), (2, "binary_cbp")]
+    reference = jobs[4]
+    command = reference.command(ROOT / "src" / "train.py")
+    assert f"pretrained={jobs[3].run_dir / 'checkpoints' / 'fp32.ckpt'}" in command
+    assert "quant=fp32" in command and "quant.algorithm=finetune" in command and "seed=2" in command
+    assert all(o in command for o in FAIR)
+
+
+def test_the_report_pairs_every_algorithm_with_the_reference_of_its_seed():
+    def run(quant, algorithm, seed, acc, variant=None):
+        return {"row": "r", "quant": quant, "algorithm": algorithm, "variant": variant, "seed": seed,
+                "fp32_acc": 60.0, "quant_acc": acc, "acc_delta": acc - 60.0}
+
+    summaries = [run("fp32", "finetune", 1, 70.0), run("fp32", "finetune", 2, 72.0),
+                 run("binary", "cbp", 1, 61.0), run("binary", "cbp", 2, 64.0),
+                 run("binary", "ste", 1, 69.0), run("binary", "ste", 3, 50.0),  # seed 3: no reference
+                 run("ternary", "cbp", 2, 71.5, variant="slow"), run("fp32", "none", 1, 60.0)]
+    header, _, binary, ternary = against_reference(summaries)
+    assert header == "| row | quant | cbp | cbp@slow | ste |"
+    # cbp: 61 - 70 = -9, 64 - 72 = -8 -> -8.5 ± 0.71; ste: only seed 1 pairs, 69 - 70
+    assert binary == "| r | binary | -8.50 ± 0.71 (n=2) | -- | -1.00 (n=1) |"
+    assert ternary == "| r | ternary | -- | -0.50 (n=1) | -- |"
+    header, _, line, _ = side_by_side(aggregate(summaries))
+    assert header.endswith("| FP32 fine-tuned as long |")
+    assert line.endswith("| 71.00 ± 1.41 (+11.00 ± 1.41) |")
+    assert against_reference([s for s in summaries if s["algorithm"] != "finetune"]) == []
 
 
 def test_variants_rerun_every_pair_with_their_settings_from_the_same_fp32_run(tmp_path):
@@ -77,18 +109,26 @@ def test_one_command_runs_the_comparison_and_one_reports_it(tmp_path, monkeypatc
     out = tmp_path / "cmp"
     tiny = [o for o in TINY if not o.startswith("method.cbp.epochs")] + ["method.cbp.epochs=1"]
     args = [*tiny, "--out", str(out), "--seeds", "1", "--levels", "binary",
-            "--algorithms", "ptq,ste"]
+            "--algorithms", "ptq,ste", "--reference"]
     assert compare.main(args) == 0
     summaries = {p.parent.name: json.loads(p.read_text()) for p in out.rglob("summary.json")}
-    assert set(summaries) == {"fp32", "binary_ptq", "binary_ste"}
+    assert set(summaries) == {"fp32", "fp32_finetune", "binary_ptq", "binary_ste"}
     fp32 = summaries["fp32"]["fp32_acc"]
     assert all(s["fp32_acc"] == fp32 for s in summaries.values())  # one FP32 network
     assert summaries["binary_ptq"]["epochs_cbp"] == 0 and summaries["binary_ste"]["epochs_cbp"] == 1
+    # the reference trained the stage on the FP32 weights, nothing quantized
+    reference = summaries["fp32_finetune"]
+    assert reference["epochs_cbp"] == 1 and reference["quantized_layers"] == []
+    assert reference["bits_per_weight"] == 32 and reference["acc_delta"] == reference["quant_acc"] - fp32
+    start = torch.load(out / "seed1" / "fp32" / "checkpoints" / "fp32.ckpt", weights_only=False)["state_dict"]
+    tuned = torch.load(reference["cbp_checkpoint"], weights_only=False)["state_dict"]
+    assert start.keys() == tuned.keys()
+    assert any(not torch.equal(start[k], tuned[k]) for k in start if k.endswith("weight"))
     mtime = os.path.getmtime(out / "seed1" / "binary_ste" / "summary.json")
     assert compare.main(args) == 0  # run again: finished jobs are kept
     assert os.path.getmtime(out / "seed1" / "binary_ste" / "summary.json") == mtime
     variant = ["--algorithms", "ste", "--variant", "lr=method.cbp.optimizer.lr=0.01"]
-    assert compare.main([*args[:-2], *variant]) == 0  # the same FP32 run, one more job
+    assert compare.main([*args[:-3], *variant]) == 0  # the same FP32 run, one more job
     assert os.path.getmtime(out / "seed1" / "binary_ste" / "summary.json") == mtime
     tried = out / "seed1" / "binary_ste@lr"
     assert json.loads((tried / "summary.json").read_text())["variant"] == "lr"
@@ -96,7 +136,10 @@ def test_one_command_runs_the_comparison_and_one_reports_it(tmp_path, monkeypatc
     report = report_sweep(out, plots=False)
     text = report["markdown"].read_text()
     assert "Algorithms side by side" in text and "| stbp_mnist5k | binary |" in text
-    assert "| row | quant | ptq | ste | ste@lr |" in text
+    assert "| row | quant | ptq | ste | ste@lr | FP32 fine-tuned as long |" in text
+    ptq, ste = (summaries[f"binary_{a}"]["quant_acc"] - reference["quant_acc"] for a in ("ptq", "ste"))
+    assert "At equal training" in text
+    assert f"| stbp_mnist5k | binary | {ptq:+.2f} (n=1) | {ste:+.2f} (n=1) |" in text
     assert "cfs_by_algorithm" not in text
 
 

@@ -75,7 +75,10 @@ def test_a_typo_in_the_cbp_group_is_named_with_the_valid_settings():
 
 @pytest.mark.parametrize(("override", "expected"), [
     ("quant.levels=septenary", "unknown level set 'septenary'"),
-    ("quant.algorithm=cpb", "quant.algorithm='cpb': valid choices: cbp, ptq, ste, scaled_ste, lsq, none"),
+    ("quant.algorithm=cpb", "quant.algorithm='cpb': valid choices: cbp, ptq, ste, scaled_ste, lsq "
+     "(quant=fp32: none, finetune)"),
+    ("quant.algorithm=finetune", "quant.algorithm='finetune' trains no quantized weights: it goes "
+     "with quant=fp32, not with the levels [-1.0, 1.0]; for these levels choose one of cbp, ptq"),
     ("quant.scale=mean", "quant.scale='mean': valid choices: mean_abs, max_abs, mse or null"),
     ("hardware.energy_pj.fp32_mac=-1", "hardware.energy_pj.fp32_mac=-1: must be a number > 0"),
     ("~hardware.energy_pj.int_add", "hardware.energy_pj.int_add is missing"),
@@ -244,4 +247,12 @@ def test_resume_needs_pretrained_and_a_cbp_stage(tmp_path):
     ckpt = tmp_path / "cbp.ckpt"
     ckpt.write_bytes(b"")
     assert "also needs pretrained=" in rejected([f"resume={ckpt}"])
-    assert "needs a quantized run" in rejected([f"resume={ckpt}", f"pretrained={ckpt}", "quant=fp32"])
+    assert "needs a run with a fine-tuning stage" in rejected([f"resume={ckpt}", f"pretrained={ckpt}",
+                                                               "quant=fp32"])
+    check_config(compose([f"resume={ckpt}", f"pretrained={ckpt}", "quant=fp32", "quant.algorithm=finetune"]))
+
+
+def test_fp32_fine_tuning_checks_the_stage_it_runs():
+    # quant=fp32 alone never reads method.cbp; with quant.algorithm=finetune it trains that stage
+    check_config(compose(["quant=fp32", "method.cbp.epochs=0"]))
+    assert "method.cbp.epochs" in rejected(["quant=fp32", "quant.algorithm=finetune", "method.cbp.epochs=0"])

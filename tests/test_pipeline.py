@@ -161,7 +161,7 @@ def test_unknown_level_set_and_algorithm_list_the_valid_choices(tiny_cfg, tmp_pa
     with pytest.raises(ValueError, match="valid choices: binary, ternary"):
         run(tiny_cfg("quant.levels=quaternary"), tmp_path)
     with pytest.raises(ValueError, match=r"quant.algorithm='magic': valid choices: "
-                                         r"cbp, ptq, ste, scaled_ste, lsq, none"):
+                                         r"cbp, ptq, ste, scaled_ste, lsq \(quant=fp32: none, finetune\)"):
         run(tiny_cfg("quant.algorithm=magic"), tmp_path)
 
 

@@ -16,6 +16,12 @@ The protocol (``src/compare.py``; report with ``src/report.py <out>``):
 - pairs an algorithm does not define (``lsq`` on binary or the shift sets, ``scaled_ste`` above
   three levels) are skipped, and said so.
 
+The equal-training reference (``--reference``): per seed, one more job, ``fp32_finetune``
+(``quant=fp32 quant.algorithm=finetune``), fine-tunes the FP32 network itself for the same stage
+(epochs, optimizer, schedule) with nothing quantized. Where the FP32 checkpoint is not converged,
+every algorithm's delta to FP32 mixes quantization with the stage's extra training; the report
+gives each algorithm's accuracy against this reference too, paired by seed.
+
 Each job is a ``src/train.py`` process in ``<out>/seed<s>/<level set>_<algorithm>/`` (``fp32`` for
 the FP32 run); a job whose ``summary.json`` exists is not run again, so an interrupted comparison
 continues where it stopped. Every job's config is composed and checked before the first one runs.
@@ -42,9 +48,11 @@ from omegaconf import DictConfig
 
 from cbpqsnn.config_check import check_config
 from cbpqsnn.quant.baselines import ALGORITHMS, algorithm_label, check_algorithm
+from cbpqsnn.quant.callback import FP32_FINETUNE
 from cbpqsnn.quant.levels import level_factors
 
 FAIR = ["method.cbp.callback.lr_drop_at_g=null"]  # the protocol's one override (docstring)
+REFERENCE = f"fp32_{FP32_FINETUNE}"  # the equal-training reference's job (docstring)
 # keys a variant's overrides may not set: they decide the FP32 network, the level set or the pairing
 NOT_IN_VARIANTS = ("seed", "experiment", "model", "data", "T", "quant", "method.pretrain",
                    "method.module", "pretrained", "resume", "variant", "row", "hydra")
@@ -89,9 +97,11 @@ class Job:
 
 def plan(overrides: Sequence[str], seeds: Sequence[int], level_sets: Sequence[str],
          algorithms: Sequence[str], out: Path,
-         variants: Mapping[str, Sequence[str]] | None = None) -> tuple[list[Job], list[str]]:
-    """The jobs of a comparison (FP32 first in every seed) and the skipped pairs, with why. With
-    ``variants`` (name -> overrides), every pair runs once per variant instead of plainly."""
+         variants: Mapping[str, Sequence[str]] | None = None,
+         reference: bool = False) -> tuple[list[Job], list[str]]:
+    """The jobs of a comparison (FP32 first in every seed, then with ``reference`` the FP32
+    network fine-tuned as long) and the skipped pairs, with why. With ``variants`` (name ->
+    overrides), every pair runs once per variant instead of plainly."""
     unknown = [a for a in algorithms if a not in ALGORITHMS]
     if unknown:
         raise ValueError(f"unknown algorithm(s) {unknown}; valid choices: {list(ALGORITHMS)}")
@@ -99,6 +109,9 @@ def plan(overrides: Sequence[str], seeds: Sequence[int], level_sets: Sequence[st
     for seed in seeds:
         folder = out / f"seed{seed}"
         jobs.append(Job(seed, "fp32", (*overrides, "quant=fp32", f"seed={seed}"), folder / "fp32"))
+        if reference:
+            jobs.append(Job(seed, REFERENCE, (*overrides, "quant=fp32", f"quant.algorithm={FP32_FINETUNE}",
+                                              f"seed={seed}", *FAIR), folder / REFERENCE))
         for level_set in level_sets:
             for algorithm in algorithms:
                 try:

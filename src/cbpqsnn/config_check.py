@@ -33,7 +33,13 @@ from omegaconf import DictConfig, OmegaConf
 from cbpqsnn.deploy.metrics import ENERGY_KEYS
 from cbpqsnn.neurons.kernels import KERNELS
 from cbpqsnn.quant.baselines import ALGORITHMS, check_algorithm
-from cbpqsnn.quant.callback import MULTIPLIER_OPTIMIZERS, NO_QUANT, QUANT_GROUP_ARGS, CBPCallback
+from cbpqsnn.quant.callback import (
+    FP32_ALGORITHMS,
+    FP32_FINETUNE,
+    MULTIPLIER_OPTIMIZERS,
+    QUANT_GROUP_ARGS,
+    CBPCallback,
+)
 from cbpqsnn.quant.levels import SCALES, level_factors
 
 TOP_KEYS = ("seed", "T", "pretrained", "resume", "row", "run_name", "variant", "paths", "data",
@@ -81,14 +87,15 @@ def check_config(cfg: DictConfig) -> None:
             module_cls.model_options(container["model"])
         except ValueError as err:
             problems.append(str(err))
-    quantize = _check_quant(problems, container.get("quant") or {})
+    quantize, fine_tune = _check_quant(problems, container.get("quant") or {})
     if "hardware" in container:
         _check_hardware(problems, container["hardware"] or {})
     method = container.get("method") or {}
     if not container.get("pretrained"):
         _check_stage(problems, "method.pretrain", method.get("pretrain"), STAGE_KEYS)
-    if quantize:
+    if quantize or fine_tune:
         _check_stage(problems, "method.cbp", method.get("cbp"), CBP_STAGE_KEYS)
+    if quantize:
         _check_cbp_callback(problems, (method.get("cbp") or {}).get("callback") or {})
     _check_time_steps(problems, container)
     _check_trainer(problems, container.get("trainer") or {})
@@ -96,8 +103,9 @@ def check_config(cfg: DictConfig) -> None:
     if container.get("resume") and not container.get("pretrained"):
         problems.append("resume=<cbp checkpoint> also needs pretrained=<the FP32 checkpoint the "
                         "CBP stage started from> (the FP32 accuracy is measured on it)")
-    if container.get("resume") and not quantize:
-        problems.append("resume=<cbp checkpoint> needs a quantized run; quant=fp32 has no CBP stage")
+    if container.get("resume") and not (quantize or fine_tune):
+        problems.append("resume=<cbp checkpoint> needs a run with a fine-tuning stage; quant=fp32 has "
+                        f"none (quant.algorithm={FP32_FINETUNE} gives it one)")
     variant = container.get("variant")
     if variant is not None and not VARIANT_NAME.fullmatch(str(variant)):
         problems.append(f"variant={variant}: a variant name is letters, digits, _ and - only "
@@ -213,27 +221,31 @@ def _check_method(problems: list[str], method: Mapping[str, Any]) -> type | None
         return None
 
 
-def _check_quant(problems: list[str], quant: Mapping[str, Any]) -> bool:
-    """Checks ``quant``; True when the run has a CBP / STE stage."""
+def _check_quant(problems: list[str], quant: Mapping[str, Any]) -> tuple[bool, bool]:
+    """Checks ``quant``; (the run quantizes, the run has a fine-tuning stage)."""
     _keys(problems, "quant", quant, QUANT_KEYS)
     algorithm = quant.get("algorithm")
-    if algorithm == NO_QUANT:
-        return False
+    if algorithm in FP32_ALGORITHMS:
+        if quant.get("levels") is not None:
+            problems.append(f"quant.algorithm={algorithm!r} trains no quantized weights: it goes with "
+                            f"quant=fp32, not with the levels {list(quant['levels'])}; for these "
+                            f"levels choose one of {', '.join(ALGORITHMS)}")
+        return False, algorithm == FP32_FINETUNE
     if algorithm not in ALGORITHMS:
-        problems.append(f"quant.algorithm={algorithm!r}: valid choices: {', '.join([*ALGORITHMS, NO_QUANT])}"
-                        " (or quant=fp32 for no quantization)")
+        problems.append(f"quant.algorithm={algorithm!r}: valid choices: {', '.join(ALGORITHMS)} "
+                        f"(quant=fp32: {', '.join(FP32_ALGORITHMS)})")
     _choice(problems, "quant.scale", quant.get("scale"), SCALES)
     try:
         factors = level_factors(quant.get("levels"))
     except ValueError as err:
         problems.append(f"quant.levels: {err} (or pick a conf/quant option, e.g. quant=ternary)")
-        return True
+        return True, algorithm != "ptq"
     if algorithm in ALGORITHMS:
         try:
             check_algorithm(algorithm, factors)
         except ValueError as err:
             problems.append(str(err))
-    return True
+    return True, algorithm != "ptq"
 
 
 def _check_hardware(problems: list[str], hardware: Mapping[str, Any]) -> None:

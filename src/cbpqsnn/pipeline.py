@@ -1,6 +1,10 @@
 """One run: pretrain (or load) -> FP32 eval -> CBP stage -> bake -> quantized eval -> summary.
 
 ``quant.algorithm=ptq`` has no second stage: the pretrained weights are rounded onto their levels.
+``quant=fp32 quant.algorithm=finetune`` runs the second stage (``method.cbp``: epochs, optimizer,
+schedule, clipping) on the FP32 weights with no quantization: the FP32 network trained as long as
+the fine-tuned ones, a comparison's equal-training reference (``quant_acc`` is its accuracy after
+the stage, ``fp32_acc`` the one it started from; its weights are ``checkpoints/cbp.ckpt``).
 ``latent_acc`` in the summary is the accuracy of the latent FP32 weights at the end of the stage
 (before the bake), ``quant_acc`` that of the baked weights on their levels.
 
@@ -39,7 +43,7 @@ from cbpqsnn.deploy.artifacts import network_levels, write_deployment
 from cbpqsnn.deploy.metrics import first_test_inputs, hardware_metrics
 from cbpqsnn.guards import FiniteLossGuard, FiringRateMonitor
 from cbpqsnn.loggers import finish_loggers, log_result, make_loggers
-from cbpqsnn.quant.callback import NO_QUANT, CBPCallback
+from cbpqsnn.quant.callback import FP32_ALGORITHMS, FP32_FINETUNE, CBPCallback
 from cbpqsnn.quant.export import pack_state_dict, packed_payload_bytes
 from cbpqsnn.quant.memory import weight_memory
 
@@ -86,7 +90,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     check_config(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    quantize = cfg.quant.algorithm != NO_QUANT
+    quantize = cfg.quant.algorithm not in FP32_ALGORITHMS
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = build_datamodule(cfg)
@@ -114,11 +118,17 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         **method_summary,
     }
     if not quantize:
-        summary.update(quant_acc=fp32_acc, acc_delta=0.0, latent_acc=fp32_acc, scale=None,
-                       cfs_final=0.0, levels_ok=True,
+        final_acc, epochs, stage_ckpt = fp32_acc, 0, None
+        if cfg.quant.algorithm == FP32_FINETUNE:  # the fine-tuning stage, nothing quantized
+            _fit_stage(cfg, run_dir, "cbp", module, datamodule, cfg.method.cbp, [], "cbp",
+                       ckpt_path=cfg.get("resume"))
+            final_acc = evaluate(cfg, run_dir, module, datamodule)
+            epochs, stage_ckpt = int(cfg.method.cbp.epochs), str(run_dir / "checkpoints" / "cbp.ckpt")
+        summary.update(quant_acc=final_acc, acc_delta=final_acc - fp32_acc, latent_acc=final_acc,
+                       scale=None, cfs_final=0.0, levels_ok=True,
                        bits_per_weight=32, weight_memory_bytes=fp32_bytes,
                        fp32_weight_memory_bytes=fp32_bytes, memory_ratio=1.0, g_final=None,
-                       epochs_cbp=0, quantized_layers=[])
+                       epochs_cbp=epochs, quantized_layers=[], cbp_checkpoint=stage_ckpt)
         summary["deploy"] = _write_deployment(cfg, module, None, run_dir)
     else:
         # -- stage 2: CBP (or a baseline's) fine-tuning, bake at the end; ptq: bake only

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cbpqsnn.quant.baselines import ALGORITHMS, algorithm_label, label_order
+from cbpqsnn.quant.callback import FP32_FINETUNE
 
 
 def print_summary(summary: dict[str, Any], run_dir: str | Path, console: Console | None = None) -> None:
@@ -23,7 +24,8 @@ def print_summary(summary: dict[str, Any], run_dir: str | Path, console: Console
     table.add_column("value", justify="right")
     rows = [
         ("FP32 test accuracy", f"{summary['fp32_acc']:.2f} %"),
-        ("quantized test accuracy", f"{summary['quant_acc']:.2f} %"),
+        ("FP32 test accuracy after fine-tuning" if summary["algorithm"] == FP32_FINETUNE
+         else "quantized test accuracy", f"{summary['quant_acc']:.2f} %"),
         ("difference", f"{summary['acc_delta']:+.2f} points"),
         ("latent weights before the bake", f"{summary['latent_acc']:.2f} %"
          if summary.get("latent_acc") is not None else "--"),
@@ -74,8 +76,7 @@ def aggregate(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (matrix row, level set, algorithm): mean and std over seeds."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for s in summaries:
-        row = s.get("row") or f"{s['method']}_{s['data']}"
-        groups[(row, s["quant"], _label(s))].append(s)
+        groups[(_row(s), s["quant"], _label(s))].append(s)
     table = []
     for (row, quant, algorithm), runs in sorted(groups.items()):
         entry: dict[str, Any] = {"row": row, "quant": quant, "algorithm": algorithm,
@@ -86,6 +87,11 @@ def aggregate(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry[key], entry[f"{key}_std"] = _mean_std(known) if len(known) == len(values) else (None, None)
         table.append(entry)
     return table
+
+
+def _row(summary: dict[str, Any]) -> str:
+    """The matrix row a run belongs to (older summaries have no ``row``: method_data)."""
+    return summary.get("row") or f"{summary['method']}_{summary['data']}"
 
 
 def _label(summary: dict[str, Any]) -> str:
@@ -116,18 +122,26 @@ def _fmt(entry: dict[str, Any], key: str) -> str:
     return value + (f" ± {entry[f'{key}_std']:.2f}" if entry["seeds"] > 1 else "")
 
 
+def _is_reference(entry: dict[str, Any]) -> bool:
+    """The equal-training reference: the FP32 network fine-tuned as long, nothing quantized."""
+    return entry["algorithm"] == FP32_FINETUNE
+
+
 def side_by_side(table: list[dict[str, Any]]) -> list[str]:
     """Markdown: one line per (row, level set), one column per algorithm: quantized accuracy
-    (mean ± std over seeds) and its delta to FP32; the best mean in bold. Empty when no
-    (row, level set) has two algorithms."""
+    (mean ± std over seeds) and its delta to FP32; the best mean in bold; where the row has the
+    equal-training reference, a last column with its accuracy. Empty when no (row, level set) has
+    two algorithms."""
     quantized = [e for e in table if e["algorithm"].split("@", 1)[0] in ALGORITHMS]
     algorithms = sorted({e["algorithm"] for e in quantized}, key=label_order)
+    references = {e["row"]: e for e in table if _is_reference(e)}
     groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     for e in quantized:
         groups[(e["row"], e["quant"])][e["algorithm"]] = e
     if not any(len(g) > 1 for g in groups.values()):
         return []
-    lines = ["| row | quant | " + " | ".join(algorithms) + " |", "|" + "---|" * (2 + len(algorithms))]
+    columns = [*algorithms, *(["FP32 fine-tuned as long"] if references else [])]
+    lines = ["| row | quant | " + " | ".join(columns) + " |", "|" + "---|" * (2 + len(columns))]
     for (row, quant), by_algorithm in sorted(groups.items()):
         best = max(e["quant_acc"] for e in by_algorithm.values())
         cells = []
@@ -138,11 +152,45 @@ def side_by_side(table: list[dict[str, Any]]) -> list[str]:
                 continue
             text = f"{_fmt(e, 'quant_acc')} ({_fmt(e, 'acc_delta')})"
             cells.append(f"**{text}**" if e["quant_acc"] == best else text)
+        if references:
+            ref = references.get(row)
+            cells.append(f"{_fmt(ref, 'quant_acc')} ({_fmt(ref, 'acc_delta')})" if ref else "--")
         lines.append(f"| {row} | {quant} | " + " | ".join(cells) + " |")
     return lines
 
 
-def write_tables(table: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path]:
+def against_reference(summaries: list[dict[str, Any]]) -> list[str]:
+    """Markdown: one line per (row, level set), one column per algorithm: quantized accuracy minus
+    that of the FP32 network fine-tuned as long from the same FP32 checkpoint (``fp32_finetune``),
+    paired by seed -- what quantizing costs at equal training; mean ± std over the seeds both ran,
+    with their number. Empty without a reference."""
+    reference = {(_row(s), s["seed"]): float(s["quant_acc"]) for s in summaries
+                 if s["algorithm"] == FP32_FINETUNE}
+    gaps: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for s in summaries:
+        key = (_row(s), s.get("seed"))
+        if _label(s).split("@", 1)[0] in ALGORITHMS and key in reference:
+            gaps[(key[0], s["quant"])][_label(s)].append(float(s["quant_acc"]) - reference[key])
+    if not gaps:
+        return []
+    algorithms = sorted({a for g in gaps.values() for a in g}, key=label_order)
+    lines = ["| row | quant | " + " | ".join(algorithms) + " |", "|" + "---|" * (2 + len(algorithms))]
+    for (row, quant), by_algorithm in sorted(gaps.items()):
+        cells = []
+        for algorithm in algorithms:
+            values = by_algorithm.get(algorithm)
+            if not values:
+                cells.append("--")
+                continue
+            mean, std = _mean_std(values)
+            spread = f" ± {std:.2f}" if len(values) > 1 else ""
+            cells.append(f"{mean:+.2f}{spread} (n={len(values)})")
+        lines.append(f"| {row} | {quant} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_tables(table: list[dict[str, Any]], out_dir: Path,
+                 summaries: list[dict[str, Any]] | None = None) -> tuple[Path, Path]:
     md = out_dir / "report.md"
     header = ("| row | quant | algorithm | seeds | FP32 acc (%) | quantized acc (%) | delta (points) "
               "| pre-bake (latent) acc (%) | bake cost (points) | memory | SynOps / inference "
@@ -155,6 +203,11 @@ def write_tables(table: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path
     if comparison:
         lines += ["", "Algorithms side by side: quantized accuracy (%) over seeds (delta to FP32, "
                   "points); the best mean in bold.", "", *comparison]
+    gaps = against_reference(summaries or [])
+    if gaps:
+        lines += ["", "At equal training: quantized accuracy minus that of the FP32 network "
+                  "fine-tuned as long from the same checkpoint (fp32 / finetune), paired by seed "
+                  "(points, mean ± std over the n seeds both ran).", "", *gaps]
     md.write_text("\n".join(lines) + "\n")
     path = out_dir / "report.csv"
     fields = [*COLUMNS, *(f"{key}_std" for key in NUMBERS)]
@@ -252,8 +305,7 @@ def _cfs_by_algorithm(curves: list[tuple[Path, dict[str, Any]]], out_dir: Path) 
 
     by_panel: dict[tuple[str, str], dict[str, list[list[float]]]] = defaultdict(lambda: defaultdict(list))
     for _, s in curves:
-        row = s.get("row") or f"{s['method']}_{s['data']}"
-        by_panel[(row, s["quant"])][_label(s)].append(s["history"]["cfs"])
+        by_panel[(_row(s), s["quant"])][_label(s)].append(s["history"]["cfs"])
     panels = sorted(by_panel)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
     for ax, panel in zip(axes[0], panels, strict=True):
@@ -282,6 +334,6 @@ def report_sweep(sweep_dir: str | Path, out_dir: str | Path | None = None,
     out = Path(out_dir) if out_dir is not None else Path(sweep_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = aggregate([s for _, s in runs])
-    md, csv_path = write_tables(table, out)
+    md, csv_path = write_tables(table, out, [s for _, s in runs])
     figures = write_plots(runs, table, out) if plots else []
     return {"table": table, "markdown": md, "csv": csv_path, "plots": figures, "runs": len(runs)}

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cbpqsnn.builders import build_datamodule, build_module, evaluate
 from cbpqsnn.checkpoints import load_pretrained
-from cbpqsnn.quant.callback import NO_QUANT
+from cbpqsnn.quant.callback import FP32_ALGORITHMS, FP32_FINETUNE
 from cbpqsnn.quant.export import unpack_state_dict
 
 WEIGHTS = ("quantized", "fp32", "packed")
@@ -84,7 +84,7 @@ def weights_path(run_dir: str | Path, weights: str, cfg: DictConfig | None = Non
     path = run_dir / WEIGHT_FILES[weights]
     if path.is_file():
         return path
-    fp32_only = cfg.quant.algorithm == NO_QUANT
+    fp32_only = cfg.quant.algorithm in FP32_ALGORITHMS
     if weights == "fp32":
         pretrained = cfg.get("pretrained")
         if pretrained:
@@ -102,6 +102,9 @@ def weights_path(run_dir: str | Path, weights: str, cfg: DictConfig | None = Non
     if fp32_only:
         hint = (f"this run is fp32-only (quant={cfg.quant.name}); fp32-only runs have no "
                 f"{WEIGHT_FILES[weights]}: use weights='fp32' (--weights fp32)")
+        if cfg.quant.algorithm == FP32_FINETUNE:
+            hint += (" for the network it started from; its fine-tuned FP32 weights are "
+                     "checkpoints/cbp.ckpt, their accuracy summary.json's quant_acc (not re-evaluated here)")
     else:
         hint = ("the run may have failed or been interrupted before baking; fp32-only runs "
                 f"have no {WEIGHT_FILES[weights]}")

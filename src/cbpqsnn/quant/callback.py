@@ -61,6 +61,10 @@ from cbpqsnn.quant.selection import select_layers
 
 QUANT_GROUP_ARGS = ("levels", "algorithm", "scale")  # given by conf/quant, not by conf/cbp
 NO_QUANT = "none"  # quant.algorithm of an FP32-only run (quant=fp32): no CBP / STE stage
+# quant=fp32 quant.algorithm=finetune: the fine-tuning stage (method.cbp's epochs, optimizer,
+# schedule) on the FP32 weights, no quantization -- a comparison's equal-training reference
+FP32_FINETUNE = "finetune"
+FP32_ALGORITHMS = (NO_QUANT, FP32_FINETUNE)  # the quant.algorithm values of quant=fp32
 MULTIPLIER_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
