@@ -15,7 +15,8 @@ from cbpqsnn.quant.baselines import algorithm_label
 from cbpqsnn.reporting import report_sweep
 from tests.conftest import ROOT
 
-COMPARISONS = sorted(p for p in (ROOT / "results" / "compare").glob("*") if p.is_dir())
+# results/<comparison>/<row>/seed<N>/<job>/summary.json
+COMPARISONS = sorted(p for p in (ROOT / "results").glob("*/*") if p.is_dir())
 
 
 def summaries(comparison: Path) -> dict[Path, dict]:
@@ -30,7 +31,7 @@ def test_every_kept_summary_is_the_job_its_folder_names(comparison):
         job, seed = path.parent.name, path.parent.parent.name
         assert (s["row"], seed) == (comparison.name, f"seed{s['seed']}"), path
         label = algorithm_label(s["algorithm"], s.get("variant"))
-        assert job == ("fp32" if s["quant"] == "fp32" else f"{s['quant']}_{label}"), path
+        assert job == ("fp32" if s["algorithm"] == "none" else f"{s['quant']}_{label}"), path
         assert s["acc_delta"] == pytest.approx(s["quant_acc"] - s["fp32_acc"]), path
 
 
@@ -40,10 +41,10 @@ def test_every_job_of_a_seed_starts_from_that_seeds_fp32_network(comparison):
     for s in summaries(comparison).values():
         by_seed.setdefault(s["seed"], []).append(s)
     for seed, runs in by_seed.items():
-        (fp32,) = [s for s in runs if s["quant"] == "fp32"]
+        (fp32,) = [s for s in runs if s["algorithm"] == "none"]
         for s in runs:
             assert s["fp32_acc"] == fp32["fp32_acc"], (seed, s["quant"], s["algorithm"])
-            if s["quant"] != "fp32":
+            if s["algorithm"] != "none":  # the FP32 run's own
                 assert Path(s["fp32_checkpoint"]).parts[-4:-2] == (f"seed{seed}", "fp32")
 
 
