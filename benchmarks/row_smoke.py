@@ -141,6 +141,10 @@ BUDGETS: dict[str, Budget] = {
     # ... at 10x its published SGD lr (0.001 -> 0.01, the CIFAR10-DVS row's): is the gesture row's
     # stall its low LR or its network?
     "sg_dvs128_gesture@width4+lrx10": Budget(minutes=15, batch=None),
+    # ... without the zero-initialised residuals (each SEW block's last BN weight 1, not 0): with
+    # them the blocks start as identities and the 7B-Net is its stem conv, 7 max pools to 1 x 1 and
+    # the classifier; the CIFAR10-DVS row, which learns, has none
+    "sg_dvs128_gesture@width4+no_zero_init": Budget(minutes=15, batch=None),
 }
 DEFAULT_ROWS = [row for row in BUDGETS if "@" not in row]
 VARIANTS = {"torch_init": ["model.init=torch"], "no_dropout": ["model.dropout=0.0"],
@@ -149,7 +153,8 @@ VARIANTS = {"torch_init": ["model.init=torch"], "no_dropout": ["model.dropout=0.
             "tssl_rising": ["method.module.backward=tssl_rising"],
             "surrogate": ["method.module.backward=surrogate"],
             "single_target": ["method.module.double_filtered_target=false"],
-            "softmax": ["method.module.loss=softmax"], "count": ["method.module.loss=count"]}
+            "softmax": ["method.module.loss=softmax"], "count": ["method.module.loss=count"],
+            "no_zero_init": ["model.zero_init_residual=false"]}
 CIFAR_TRAIN_SUBSET = 10_000
 DVS_SIDE = 128
 CIFAR_FOLDER = "cifar10-jpeg"

@@ -30,6 +30,8 @@ def test_every_budgeted_row_composes_its_experiment_on_the_local_data(tmp_path):
             assert (cfg.model.init == "torch") == ("torch_init" in variants)
         if name.startswith("stbp_"):   # PyTorch's init (the authors') unless the variant says
             assert (cfg.model.init == "kaiming_normal") == ("kaiming_init" in variants)
+        if name == "sg_dvs128_gesture":  # the published run's zero-init unless the variant drops it
+            assert cfg.model.zero_init_residual == ("no_zero_init" not in variants)
         for width in [v for v in variants if v.startswith("width")]:
             divisor = int(width.removeprefix("width"))
             full = row_smoke.row_config(name, tmp_path).model.spec
