@@ -122,11 +122,6 @@ def _fmt(entry: dict[str, Any], key: str) -> str:
     return value + (f" ± {entry[f'{key}_std']:.2f}" if entry["seeds"] > 1 else "")
 
 
-def _is_reference(entry: dict[str, Any]) -> bool:
-    """The equal-training reference: the FP32 network fine-tuned as long, nothing quantized."""
-    return entry["algorithm"] == FP32_FINETUNE
-
-
 def side_by_side(table: list[dict[str, Any]]) -> list[str]:
     """Markdown: one line per (row, level set), one column per algorithm: quantized accuracy
     (mean ± std over seeds) and its delta to FP32; the best mean in bold; where the row has the
@@ -134,7 +129,7 @@ def side_by_side(table: list[dict[str, Any]]) -> list[str]:
     two algorithms."""
     quantized = [e for e in table if e["algorithm"].split("@", 1)[0] in ALGORITHMS]
     algorithms = sorted({e["algorithm"] for e in quantized}, key=label_order)
-    references = {e["row"]: e for e in table if _is_reference(e)}
+    references = {e["row"]: e for e in table if e["algorithm"] == FP32_FINETUNE}  # fp32_finetune
     groups: dict[tuple[str, str], dict[str, dict[str, Any]]] = defaultdict(dict)
     for e in quantized:
         groups[(e["row"], e["quant"])][e["algorithm"]] = e
