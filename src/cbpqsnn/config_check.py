@@ -222,7 +222,7 @@ def _check_method(problems: list[str], method: Mapping[str, Any]) -> type | None
 
 
 def _check_quant(problems: list[str], quant: Mapping[str, Any]) -> tuple[bool, bool]:
-    """Checks ``quant``; (the run quantizes, the run has a fine-tuning stage)."""
+    """Checks ``quant``; (the run quantizes, the run fine-tunes unquantized FP32 weights)."""
     _keys(problems, "quant", quant, QUANT_KEYS)
     algorithm = quant.get("algorithm")
     if algorithm in FP32_ALGORITHMS:
@@ -239,13 +239,13 @@ def _check_quant(problems: list[str], quant: Mapping[str, Any]) -> tuple[bool, b
         factors = level_factors(quant.get("levels"))
     except ValueError as err:
         problems.append(f"quant.levels: {err} (or pick a conf/quant option, e.g. quant=ternary)")
-        return True, algorithm != "ptq"
+        return True, False
     if algorithm in ALGORITHMS:
         try:
             check_algorithm(algorithm, factors)
         except ValueError as err:
             problems.append(str(err))
-    return True, algorithm != "ptq"
+    return True, False
 
 
 def _check_hardware(problems: list[str], hardware: Mapping[str, Any]) -> None:

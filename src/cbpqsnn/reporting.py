@@ -122,6 +122,11 @@ def _fmt(entry: dict[str, Any], key: str) -> str:
     return value + (f" ± {entry[f'{key}_std']:.2f}" if entry["seeds"] > 1 else "")
 
 
+def _header(columns: list[str]) -> list[str]:
+    """The two header lines of a markdown table keyed by (row, level set)."""
+    return ["| row | quant | " + " | ".join(columns) + " |", "|" + "---|" * (2 + len(columns))]
+
+
 def side_by_side(table: list[dict[str, Any]]) -> list[str]:
     """Markdown: one line per (row, level set), one column per algorithm: quantized accuracy
     (mean ± std over seeds) and its delta to FP32; the best mean in bold; where the row has the
@@ -136,7 +141,7 @@ def side_by_side(table: list[dict[str, Any]]) -> list[str]:
     if not any(len(g) > 1 for g in groups.values()):
         return []
     columns = [*algorithms, *(["FP32 fine-tuned as long"] if references else [])]
-    lines = ["| row | quant | " + " | ".join(columns) + " |", "|" + "---|" * (2 + len(columns))]
+    lines = _header(columns)
     for (row, quant), by_algorithm in sorted(groups.items()):
         best = max(e["quant_acc"] for e in by_algorithm.values())
         cells = []
@@ -169,7 +174,7 @@ def against_reference(summaries: list[dict[str, Any]]) -> list[str]:
     if not gaps:
         return []
     algorithms = sorted({a for g in gaps.values() for a in g}, key=label_order)
-    lines = ["| row | quant | " + " | ".join(algorithms) + " |", "|" + "---|" * (2 + len(algorithms))]
+    lines = _header(algorithms)
     for (row, quant), by_algorithm in sorted(gaps.items()):
         cells = []
         for algorithm in algorithms:
