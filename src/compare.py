@@ -2,15 +2,17 @@
 
     python src/compare.py [hydra overrides, e.g. experiment=sg_nmnist] --out logs/compare/<name>
         [--seeds 1,2,3] [--levels binary,ternary] [--algorithms ptq,ste,scaled_ste,lsq,cbp]
-        [--parallel N] [--variant NAME=KEY=VALUE ...] [--reference]
+        [--parallel N] [--threads N] [--variant NAME=KEY=VALUE ...] [--reference]
     python src/report.py logs/compare/<name>      # the table, the side-by-side table, the plots
 
 Runs, per seed, ``quant=fp32`` and then every (level set, algorithm) pair from its checkpoint, each
 as a ``src/train.py`` process; finished jobs are kept when the command runs again. ``--parallel N``
-runs up to N jobs side by side (each with cores / N threads; a seed's fine-tuning jobs wait for its
-FP32 job, which runs alone with every core): on 2 cores, two 1-thread jobs did 1.2x the work of one
-2-thread job. ``--variant slow_window=method.cbp.callback.p_max=4`` runs the pairs with that
-setting instead, as ``cbp@slow_window`` beside the plain jobs already in the folder.
+runs up to N jobs side by side (a seed's fine-tuning jobs wait for its FP32 job): on 2 cores, two
+1-thread jobs did 1.2x the work of one 2-thread job. Every job, the FP32 one too, gets ``--threads``
+threads (default: ``OMP_NUM_THREADS`` if set, else cores / N): a seed's FP32 network is reproduced
+bit for bit only at the thread count it was trained with (``summary.json``: ``environment``).
+``--variant slow_window=method.cbp.callback.p_max=4`` runs the pairs with that setting instead,
+as ``cbp@slow_window`` beside the plain jobs already in the folder.
 ``--reference`` adds, per seed, the FP32 network fine-tuned as long with nothing quantized
 (``fp32_finetune``): the report then gives every algorithm's accuracy against it, paired by seed.
 """
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from cbpqsnn.comparison import check_jobs, parse_variants, plan, run_jobs
+    from cbpqsnn.comparison import check_jobs, job_threads, parse_variants, plan, run_jobs
     from cbpqsnn.config_check import ConfigError
 
     parser = argparse.ArgumentParser(description=__doc__,
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", default="binary,ternary")
     parser.add_argument("--algorithms", default="ptq,ste,scaled_ste,lsq,cbp")
     parser.add_argument("--parallel", type=int, default=1, help="jobs run side by side (default 1)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads of every job (default: OMP_NUM_THREADS, else cores / --parallel)")
     parser.add_argument("--reference", action="store_true",
                         help="also fine-tune each seed's FP32 network as long, unquantized: the "
                              "equal-training reference the report compares every algorithm with")
@@ -56,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.parallel < 1:
             raise ValueError(f"--parallel must be at least 1, got {args.parallel}")
+        threads = job_threads(args.parallel, args.threads)
         seeds = [int(s) for s in _list(args.seeds)]
         jobs, skipped = plan(args.overrides, seeds, _list(args.levels), _list(args.algorithms),
                              args.out.resolve(), parse_variants(args.variant), args.reference)
@@ -66,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for line in skipped:
         print(f"skipped {line}")
-    run_jobs(jobs, ROOT / "src" / "train.py", parallel=args.parallel)
+    print(f"{threads} thread(s) per job")
+    run_jobs(jobs, ROOT / "src" / "train.py", parallel=args.parallel, threads=threads)
     print(f"{len(jobs)} jobs in {args.out}; report: python src/report.py {args.out}")
     return 0
 

@@ -190,7 +190,12 @@ def test_parallel_jobs_wait_for_their_seeds_fp32_run_and_share_the_cores(tmp_pat
     alone, _ = comparison.plan([], [5], ["binary"], ["ptq", "cbp"], tmp_path / "cmp")
     comparison.run_jobs(alone, fake, log=lambda _: None, parallel=2)
     threads = {j.name: json.loads((j.run_dir / "summary.json").read_text())["threads"] for j in alone}
-    assert threads == {"fp32": None, "binary_ptq": "1", "binary_cbp": "1"}  # FP32 alone: all cores
+    assert threads == {"fp32": "1", "binary_ptq": "1", "binary_cbp": "1"}  # FP32 alone too: the same
+    assert comparison.job_threads(1) == 2 and comparison.job_threads(2, threads=2) == 2
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert comparison.job_threads(2) == 3  # set by the user: every job gets it
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        comparison.job_threads(2, threads=0)
     failing, _ = comparison.plan([], [3], ["binary"], ["ste", "cbp"], tmp_path / "cmp")
     with pytest.raises(RuntimeError, match="seed 3 binary_ste failed"):
         comparison.run_jobs(failing, fake, log=lambda _: None, parallel=2)

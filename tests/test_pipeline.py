@@ -59,6 +59,20 @@ def test_binary_run_leaves_summary_checkpoints_and_a_baked_state_dict(binary_run
     assert "rate/net.layers.1" in (run_dir / "csv/pretrain/metrics.csv").read_text().splitlines()[0]
 
 
+def test_a_run_is_reproduced_bit_for_bit_at_the_thread_count_it_records(binary_run, tiny_cfg, tmp_path):
+    """The same config at the same thread count trains the same FP32 weights; ``environment``
+    records the count (at another count a conv's weight gradient sums in another order)."""
+    run_dir, summary = binary_run
+    assert summary["environment"]["threads"] == torch.get_num_threads()
+    assert summary["environment"]["torch"] == torch.__version__
+    again = run(tiny_cfg("method.cbp.callback.p_max=1"), tmp_path)
+    first, second = (torch.load(d / "checkpoints/fp32.ckpt", weights_only=False)["state_dict"]
+                     for d in (run_dir, tmp_path))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert again["fp32_acc"] == summary["fp32_acc"] and again["quant_acc"] == summary["quant_acc"]
+
+
 def test_pretrained_checkpoint_skips_pretraining_and_reproduces_fp32_accuracy(binary_run, tiny_cfg,
                                                                                tmp_path):
     run_dir, summary = binary_run

@@ -25,6 +25,8 @@ gives each algorithm's accuracy against this reference too, paired by seed.
 Each job is a ``src/train.py`` process in ``<out>/seed<s>/<level set>_<algorithm>/`` (``fp32`` for
 the FP32 run); a job whose ``summary.json`` exists is not run again, so an interrupted comparison
 continues where it stopped. Every job's config is composed and checked before the first one runs.
+Every job runs with the same number of threads (``job_threads``), so that a seed's FP32 network
+does not depend on what ran beside it and can be made again if its checkpoint is lost.
 
 Variants (``--variant NAME=OVERRIDE``, repeatable; one name may collect several overrides) try
 other settings of the fine-tuning from the same FP32 networks: each (level set, algorithm) pair
@@ -136,22 +138,33 @@ def check_jobs(jobs: Sequence[Job], compose: Callable[[list[str]], DictConfig]) 
         check_config(compose(list(job.overrides)))
 
 
-def job_environment(side_by_side: int) -> dict[str, str]:
-    """A job's environment: ours, plus ``OMP_NUM_THREADS`` = cores / ``side_by_side`` when jobs run
-    side by side (unless set): each job's PyTorch would otherwise take every core."""
-    env = dict(os.environ)
-    if side_by_side > 1 and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // side_by_side))
-    return env
+def job_threads(parallel: int, threads: int | None = None) -> int:
+    """Threads of every job in a comparison: ``threads`` if given, else ``OMP_NUM_THREADS`` if set,
+    else cores / ``parallel``. The same for every job, whatever runs beside it: a float sum's order
+    depends on the thread count (a conv's weight gradient differs between 1 and 2 threads), so a
+    seed's FP32 network is only reproduced, bit for bit, at the count it was trained with
+    (``summary.json``'s ``environment.threads`` records it)."""
+    if threads is None:
+        threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // parallel))
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
+    return threads
+
+
+def job_environment(threads: int) -> dict[str, str]:
+    """A job's environment: ours, with ``OMP_NUM_THREADS`` = ``threads``."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)}
 
 
 def run_jobs(jobs: Sequence[Job], train_py: Path, log: Callable[[str], None] = print,
-             parallel: int = 1) -> list[Path]:
-    """Run the jobs (skipping finished ones), up to ``parallel`` at a time, each seed's fine-tuning
-    jobs only once its FP32 job has finished; returns the run folders. A failed job stops the
-    launching of new ones; the running ones finish, then the failure is raised."""
+             parallel: int = 1, threads: int | None = None) -> list[Path]:
+    """Run the jobs (skipping finished ones), up to ``parallel`` at a time, each with
+    ``job_threads(parallel, threads)`` threads, each seed's fine-tuning jobs only once its FP32 job
+    has finished; returns the run folders. A failed job stops the launching of new ones; the
+    running ones finish, then the failure is raised."""
     if parallel < 1:
         raise ValueError(f"parallel must be >= 1, got {parallel}")
+    env = job_environment(job_threads(parallel, threads))
     pending: list[tuple[int, Job]] = []
     for i, job in enumerate(jobs, 1):
         if (job.run_dir / "summary.json").is_file():
@@ -166,9 +179,6 @@ def run_jobs(jobs: Sequence[Job], train_py: Path, log: Callable[[str], None] = p
         while ready and len(running) < parallel and not failures:
             i, job = ready.pop(0)
             pending.remove((i, job))
-            # threads from the jobs that will share the cores now: a seed's FP32 job, alone until
-            # it ends, gets them all (threads are fixed for a job's life)
-            env = job_environment(min(parallel, len(running) + 1 + len(ready)))
             log(f"[{i}/{len(jobs)}] seed {job.seed} {job.name} -> {job.run_dir}")
             job.run_dir.mkdir(parents=True, exist_ok=True)
             with (job.run_dir / "stdout.log").open("w") as stdout:

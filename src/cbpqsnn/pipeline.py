@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -169,11 +170,26 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     summary.update(synops=final["synops"], energy_uj_fp32=hardware["fp32"]["energy_uj"],
                    energy_uj=final["energy_uj"], hardware=hardware)
     summary["wall_time_s"] = time.time() - start
+    summary["environment"] = run_environment()
     text = json.dumps(summary, indent=2)
     _write_rank_zero(lambda path: path.write_text(text), run_dir / "summary.json")
     if rank_zero_only.rank == 0:
         log_result(cfg, run_dir, summary)
     return summary
+
+
+def run_environment() -> dict[str, Any]:
+    """What a run's numbers depend on beyond its config: the PyTorch version, its thread count (a
+    float sum's order, so the trained weights, change with it: a run is reproduced bit for bit
+    only at the same count), the CPU and the GPU if there is one."""
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu": cpu,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def _hardware(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
