@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
 
-    from cbpqsnn.comparison import check_jobs, job_threads, parse_variants, plan, run_jobs
+    from cbpqsnn.comparison import check_checkpoints, check_jobs, job_threads, parse_variants, plan, run_jobs
     from cbpqsnn.config_check import ConfigError
 
     parser = argparse.ArgumentParser(description=__doc__,
@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(s) for s in _list(args.seeds)]
         jobs, skipped = plan(args.overrides, seeds, _list(args.levels), _list(args.algorithms),
                              args.out.resolve(), parse_variants(args.variant), args.reference)
+        check_checkpoints(jobs)
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             check_jobs(jobs, lambda overrides: compose("train", overrides=overrides))
     except (ValueError, ConfigError, HydraException) as err:

@@ -152,6 +152,23 @@ def test_a_bad_override_stops_the_comparison_before_any_job_runs(tmp_path, capsy
     assert not out.exists()
 
 
+def test_a_kept_fp32_run_without_its_checkpoint_stops_the_comparison_before_any_job_runs(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    fp32 = out / "seed1" / "fp32"
+    fp32.mkdir(parents=True)
+    (fp32 / "summary.json").write_text(json.dumps({"environment": {"threads": 2}}))
+    assert compare.main(["--out", str(out), "--seeds", "1", "--levels", "binary",
+                         "--algorithms", "ptq"]) == 2
+    err = capsys.readouterr().err
+    assert "seed 1: its FP32 run" in err and "checkpoint" in err
+    assert "thread count it was trained with: 2" in err
+    assert sorted(p.name for p in (out / "seed1").iterdir()) == ["fp32"]  # nothing ran
+    (fp32 / "checkpoints").mkdir()
+    (fp32 / "checkpoints" / "fp32.ckpt").write_text("w")
+    jobs, _ = comparison.plan([], [1], ["binary"], ["ptq"], out)
+    comparison.check_checkpoints(jobs)  # with its checkpoint, the seed can be extended
+
+
 FAKE_TRAIN = """
 import json, os, sys, time
 from pathlib import Path

@@ -38,6 +38,7 @@ network or the pairing depends on (the seed, experiment, model, data, T, level s
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -136,6 +137,23 @@ def check_jobs(jobs: Sequence[Job], compose: Callable[[list[str]], DictConfig]) 
     training: a typo fails here, not after the first FP32 run."""
     for job in jobs:
         check_config(compose(list(job.overrides)))
+
+
+def check_checkpoints(jobs: Sequence[Job]) -> None:
+    """Before any job runs: a seed whose FP32 job is kept (its ``summary.json`` exists) but whose
+    checkpoint is gone cannot start its other jobs; say so, and how to make the network again."""
+    for job in jobs:
+        kept_fp32 = job.fp32_checkpoint.parents[1]
+        if job.name == "fp32" or (job.run_dir / "summary.json").is_file():
+            continue
+        if (kept_fp32 / "summary.json").is_file() and not job.fp32_checkpoint.is_file():
+            recorded = json.loads((kept_fp32 / "summary.json").read_text()).get("environment", {})
+            threads = recorded.get("threads")
+            raise ValueError(
+                f"seed {job.seed}: its FP32 run {kept_fp32} is finished but its checkpoint "
+                f"{job.fp32_checkpoint} is gone, so {job.name} cannot start from it; move that folder "
+                "away to train the seed's FP32 network again (the same network only at the thread "
+                f"count it was trained with: {threads or 'not recorded'}; --threads)")
 
 
 def job_threads(parallel: int, threads: int | None = None) -> int:
