@@ -61,3 +61,23 @@ def test_aggregate_mean_and_std_over_seeds():
 def test_report_on_a_folder_without_runs_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no summary.json"):
         report_sweep(tmp_path)
+
+
+def test_a_runs_table_says_what_its_numbers_depend_on_beyond_the_config():
+    from rich.console import Console
+
+    from cbpqsnn.reporting import print_summary
+
+    kept = ROOT / "results/compare/stbp_cifar10_cpu/seed3/binary_cbp/summary.json"
+    summary = json.loads(kept.read_text())
+    summary.pop("environment", None)
+    lines = {}
+    for environment in (None, {"torch": "2.5.0", "threads": 2, "cpu": "AMD EPYC", "gpu": None},
+                        {"torch": "2.5.0", "threads": 8, "cpu": "Xeon", "gpu": "NVIDIA H200"}):
+        console = Console(record=True, width=200)
+        print_summary({**summary, "environment": environment}, "run", console)
+        lines[environment and environment["threads"]] = [
+            line for line in console.export_text().splitlines() if "PyTorch, threads" in line][0]
+    assert lines[None].split()[-2:] == ["--", "│"]  # kept runs from before it was recorded
+    assert "2.5.0, 2 thread(s), AMD EPYC" in lines[2]
+    assert "2.5.0, 8 thread(s), NVIDIA H200" in lines[8]

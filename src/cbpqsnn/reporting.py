@@ -41,12 +41,21 @@ def print_summary(summary: dict[str, Any], run_dir: str | Path, console: Console
          if "energy_uj" in summary else "--"),
         ("epochs pretrain / CBP", f"{summary['epochs_pretrain']} / {summary['epochs_cbp']}"),
         ("wall time", f"{summary['wall_time_s']:.0f} s"),
+        ("PyTorch, threads, CPU / GPU", _environment_line(summary.get("environment"))),
     ]
     for name, value in rows:
         table.add_row(name, value)
     console = console or Console()
     console.print(table)
     console.print(f"artifacts: {run_dir}")
+
+
+def _environment_line(environment: dict[str, Any] | None) -> str:
+    """``summary.json``'s ``environment`` in one line (runs from before it was recorded: --)."""
+    if not environment:
+        return "--"
+    return (f"{environment['torch']}, {environment['threads']} thread(s), "
+            f"{environment['gpu'] or environment['cpu']}")
 
 
 # --------------------------------------------------------------------------- sweeps
