@@ -92,3 +92,4 @@ def test_the_result_run_holds_the_summary_numbers_and_the_comparison_keys(tmp_pa
     config = result["config"]
     assert (config["row"], config["level_set"], config["algorithm"], config["seed"],
             config["variant"]) == (summary["row"], "ternary", "cbp", 7, "try1")
+    assert config["environment"] == summary["environment"]  # threads, torch, CPU: to reproduce it

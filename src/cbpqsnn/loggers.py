@@ -56,7 +56,8 @@ def log_result(cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> None:
     """The run's final numbers (every scalar of ``summary.json``: accuracies, delta, latent
     accuracy, memory ratio, bits, CFS, ...) as the summary of one W&B run (job type ``result``),
     with the row, level set, algorithm and seed as top-level config keys, so that a W&B table or
-    parallel-coordinates view of a sweep compares what ``src/report.py`` compares."""
+    parallel-coordinates view of a sweep compares what ``src/report.py`` compares; and the run's
+    ``environment`` (PyTorch, threads, CPU, GPU: what reproducing it needs) as config too."""
     mode = _wandb_mode(cfg)
     if mode is None:
         return
@@ -65,7 +66,7 @@ def log_result(cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> None:
     args = _wandb_run_args(cfg, "result")
     args["config"] = {**args["config"], "row": cfg.row, "level_set": cfg.quant.name,
                       "algorithm": cfg.quant.algorithm, "variant": cfg.get("variant"),
-                      "seed": int(cfg.seed)}
+                      "seed": int(cfg.seed), "environment": summary.get("environment")}
     run = wandb.init(mode=mode, dir=str(run_dir), **args)
     try:
         run.summary.update({k: v for k, v in summary.items()
