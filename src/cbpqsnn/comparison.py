@@ -26,7 +26,7 @@ Each job is a ``src/train.py`` process in ``<out>/seed<s>/<level set>_<algorithm
 the FP32 run); a job whose ``summary.json`` exists is not run again, so an interrupted comparison
 continues where it stopped. Every job's config is composed and checked before the first one runs.
 Every job runs with the same number of threads (``job_threads``), so that a seed's FP32 network
-does not depend on what ran beside it and can be made again if its checkpoint is lost.
+does not depend on what ran beside it (made again on the same machine, it is the same network).
 
 Variants (``--variant NAME=OVERRIDE``, repeatable; one name may collect several overrides) try
 other settings of the fine-tuning from the same FP32 networks: each (level set, algorithm) pair
@@ -143,9 +143,9 @@ def check_checkpoints(jobs: Sequence[Job]) -> None:
     """Before any job runs: a seed whose FP32 job is kept (its ``summary.json`` exists) but whose
     checkpoint is gone cannot start its other jobs; say so, and how to make the network again."""
     for job in jobs:
-        kept_fp32 = job.fp32_checkpoint.parents[1]
         if job.name == "fp32" or (job.run_dir / "summary.json").is_file():
             continue
+        kept_fp32 = job.fp32_checkpoint.parents[1]
         if (kept_fp32 / "summary.json").is_file() and not job.fp32_checkpoint.is_file():
             recorded = json.loads((kept_fp32 / "summary.json").read_text()).get("environment", {})
             threads = recorded.get("threads")
