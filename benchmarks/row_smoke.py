@@ -3,7 +3,7 @@
 real data that is here, then tested.
 
     .venv/bin/python benchmarks/row_smoke.py [--rows stbp_cifar10,calib_cifar10,...]
-        [--shared ../shared/data] [--out logs/row_smoke] [--scale 1.0]
+        [--shared ../shared/data] [--out logs/row_smoke] [--scale 1.0] [--report-every 100]
 
 Real data (unpacked from ``--shared`` into ``data/`` on first use):
 
@@ -287,10 +287,13 @@ def prepare(cfg: DictConfig, budget: Budget, head: int) -> L.LightningDataModule
 
 # -- training ------------------------------------------------------------------------------------
 class StepRecorder(L.Callback):
-    """Per optimizer step: the training loss, |grad| / |w| of the first layer, the wall time."""
+    """Per optimizer step: the training loss, |grad| / |w| of the first layer, the wall time.
+    Every ``report_every`` steps (0: never) a progress line with the window's mean loss and
+    gradient ratio, so a long run that is cut off still leaves its curve in the log."""
 
-    def __init__(self, first: nn.Module) -> None:
+    def __init__(self, first: nn.Module, report_every: int = 0) -> None:
         self.first = first
+        self.report_every = report_every
         self.loss: list[float] = []
         self.grad_ratio: list[float] = []
         self.step_time: list[float] = []
@@ -310,6 +313,11 @@ class StepRecorder(L.Callback):
                            batch: Any, batch_idx: int) -> None:
         self.step_time.append(time.perf_counter() - self._start)
         self.loss.append(float(outputs["loss"]))
+        steps, every = len(self.loss), self.report_every
+        if every and steps % every == 0:
+            print(f"[row_smoke] step {steps}: loss {statistics.fmean(self.loss[-every:]):.4g}, "
+                  f"first-layer grad/w {statistics.fmean(self.grad_ratio[-every:]):.2e}, "
+                  f"{sum(self.step_time):.0f} s", flush=True)
 
 
 def first_layer(module: nn.Module) -> nn.Module:
@@ -328,12 +336,12 @@ def stage_trainer(stage: DictConfig, callbacks: list[L.Callback], **limits: Any)
 
 
 def train(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDataModule,
-          minutes: float, batch: int, max_steps: int = -1) -> StepRecorder:
+          minutes: float, batch: int, max_steps: int = -1, report_every: int = 0) -> StepRecorder:
     stage = cfg.method.pretrain
     datamodule.batch_size = int(batch)
     scheduler = instantiate(stage.scheduler) if stage.get("scheduler") else None
     module.set_optimization(instantiate(stage.optimizer), scheduler)
-    recorder = StepRecorder(first_layer(module))
+    recorder = StepRecorder(first_layer(module), report_every)
     trainer = stage_trainer(stage, [recorder], max_steps=max_steps,
                             max_time={"seconds": round(60 * minutes)})
     trainer.fit(module, datamodule=datamodule)
@@ -426,7 +434,8 @@ class RowResult:
     train_rates: list[float] = field(default_factory=list)  # neuron-layer rates after the budget
 
 
-def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1) -> RowResult:
+def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1,
+            report_every: int = 0) -> RowResult:
     start = time.time()
     cfg = row_config(row, data_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -437,7 +446,7 @@ def run_row(row: str, budget: Budget, data_dir: Path, max_steps: int = -1) -> Ro
                                                      batch, fit_steps)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     module = build_module(cfg, datamodule)
-    recorder = train(cfg, module, datamodule, budget.minutes, batch, max_steps)
+    recorder = train(cfg, module, datamodule, budget.minutes, batch, max_steps, report_every)
     acc = test_accuracy(module, datamodule)
     train_rates = layer_rates(cfg, module, next(iter(datamodule.test_dataloader()))[0][:batch])
     test_samples = len(datamodule.test_set)
@@ -503,6 +512,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every time budget")
     parser.add_argument("--fit-steps", type=int, default=None,
                         help="steps of the fixed-batch fit (default: each row's budget)")
+    parser.add_argument("--report-every", type=int, default=100,
+                        help="print the mean loss and first-layer grad/w every N training steps "
+                             "(0: never)")
     parser.add_argument("--probe", action="store_true",
                         help="3 steps and 50 / 20 test images per row: does every row run, how fast")
     args = parser.parse_args()
@@ -526,7 +538,8 @@ def main() -> None:
         if args.probe:
             budget = replace(budget, test=50, snn_test=20)
         print(f"[row_smoke] {row}: {budget}", flush=True)
-        results.append(run_row(row, budget, args.data_dir, max_steps=3 if args.probe else -1))
+        results.append(run_row(row, budget, args.data_dir, max_steps=3 if args.probe else -1,
+                               report_every=args.report_every))
         print(f"[row_smoke] {json.dumps(asdict(results[-1]))}", flush=True)
         saved.write_text(json.dumps([asdict(r) for r in results], indent=2))
         (args.out / "row_smoke.md").write_text(markdown(results))

@@ -72,3 +72,17 @@ def test_stratified_subset_takes_the_same_count_of_every_class():
 def test_narrowed_divides_every_conv_fc_and_sew_width_and_keeps_the_rest():
     spec = ["C128", "C256s2", "P2", "D", "SEW64", "M2", "FC1024"]
     assert row_smoke.narrowed(spec, 16) == ["C8", "C16s2", "P2", "D", "SEW4", "M2", "FC64"]
+
+
+def test_step_recorder_prints_the_window_mean_every_n_steps(capsys):
+    layer = torch.nn.Linear(2, 2)
+    recorder = row_smoke.StepRecorder(layer, report_every=2)
+    for loss in (4.0, 2.0, 1.0, 3.0, 5.0):
+        layer.weight.grad = torch.full_like(layer.weight, loss)  # |grad| / |w| follows the loss
+        recorder.on_train_batch_start(None, None, None, 0)
+        recorder.on_before_optimizer_step(None, None, None)
+        recorder.on_train_batch_end(None, None, {"loss": torch.tensor(loss)}, None, 0)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["[row_smoke] step 2", "[row_smoke] step 4"]
+    assert "loss 3," in lines[0] and "loss 2," in lines[1]  # means of (4, 2) and (1, 3)
+    assert recorder.loss == [4.0, 2.0, 1.0, 3.0, 5.0]
