@@ -111,6 +111,7 @@ BUDGETS: dict[str, Budget] = {
     # thousands of steps fit. STBP: does the silent 7Conv3FC wake up? TSSL-BP: does the stream
     # loss fall at batch 50?
     "stbp_cifar10@width16": Budget(minutes=20, batch=None, test=1000),
+    "stbp_cifar100@width16": Budget(minutes=20, batch=None, test=1000),
     "tsslbp_cifar10@width4": Budget(minutes=20, batch=None, test=1000),
     # ... and a longer run on a narrower net: does the stream learn after thousands of steps?
     "tsslbp_cifar10@width8": Budget(minutes=40, batch=None, test=1000),
