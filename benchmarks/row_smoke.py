@@ -70,6 +70,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict  # noqa: E402
 
 from cbpqsnn.builders import build_datamodule, build_module  # noqa: E402
 from cbpqsnn.deploy.metrics import hardware_metrics  # noqa: E402
+from cbpqsnn.nets.sew import SEWBlock  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -290,11 +291,14 @@ def prepare(cfg: DictConfig, budget: Budget, head: int) -> L.LightningDataModule
 class StepRecorder(L.Callback):
     """Per optimizer step: the training loss, |grad| / |w| of the first layer, the wall time.
     Every ``report_every`` steps (0: never) a progress line with the window's mean loss and
-    gradient ratio, so a long run that is cut off still leaves its curve in the log."""
+    gradient ratio, so a long run that is cut off still leaves its curve in the log; in a net with
+    SEW blocks also the largest |weight| of their last BNs (:func:`residual_gain`: 0 while every
+    zero-initialised block is still the identity)."""
 
-    def __init__(self, first: nn.Module, report_every: int = 0) -> None:
+    def __init__(self, first: nn.Module, report_every: int = 0, net: nn.Module | None = None) -> None:
         self.first = first
         self.report_every = report_every
+        self.blocks = [m for m in net.modules() if isinstance(m, SEWBlock)] if net is not None else []
         self.loss: list[float] = []
         self.grad_ratio: list[float] = []
         self.step_time: list[float] = []
@@ -318,7 +322,14 @@ class StepRecorder(L.Callback):
         if every and steps % every == 0:
             print(f"[row_smoke] step {steps}: loss {statistics.fmean(self.loss[-every:]):.4g}, "
                   f"first-layer grad/w {statistics.fmean(self.grad_ratio[-every:]):.2e}, "
-                  f"{sum(self.step_time):.0f} s", flush=True)
+                  + (f"residual BN |w| max {residual_gain(self.blocks):.3g}, " if self.blocks else "")
+                  + f"{sum(self.step_time):.0f} s", flush=True)
+
+
+def residual_gain(blocks: list[SEWBlock]) -> float:
+    """The largest |weight| of the SEW blocks' last BNs: a zero-initialised block adds nothing to
+    its input until this grows far enough for its second neuron to fire."""
+    return max(float(b.last_norm.weight.detach().abs().max()) for b in blocks if b.last_norm is not None)
 
 
 def first_layer(module: nn.Module) -> nn.Module:
@@ -342,7 +353,7 @@ def train(cfg: DictConfig, module: L.LightningModule, datamodule: L.LightningDat
     datamodule.batch_size = int(batch)
     scheduler = instantiate(stage.scheduler) if stage.get("scheduler") else None
     module.set_optimization(instantiate(stage.optimizer), scheduler)
-    recorder = StepRecorder(first_layer(module), report_every)
+    recorder = StepRecorder(first_layer(module), report_every, module)
     trainer = stage_trainer(stage, [recorder], max_steps=max_steps,
                             max_time={"seconds": round(60 * minutes)})
     trainer.fit(module, datamodule=datamodule)

@@ -86,3 +86,19 @@ def test_step_recorder_prints_the_window_mean_every_n_steps(capsys):
     assert [line.split(":")[0] for line in lines] == ["[row_smoke] step 2", "[row_smoke] step 4"]
     assert "loss 3," in lines[0] and "loss 2," in lines[1]  # means of (4, 2) and (1, 3)
     assert recorder.loss == [4.0, 2.0, 1.0, 3.0, 5.0]
+
+
+def test_step_recorder_reports_the_zero_initialised_residual_gain(capsys):
+    from cbpqsnn.nets.sew import SEWBlock, zero_init_residuals
+    from cbpqsnn.neurons import ParametricLIF
+
+    net = torch.nn.Sequential(SEWBlock(2, ParametricLIF), SEWBlock(2, ParametricLIF))
+    zero_init_residuals(net)
+    net[1].last_norm.weight.data[1] = -0.25  # the largest |w| of any block's last BN
+    layer = torch.nn.Linear(2, 2)
+    recorder = row_smoke.StepRecorder(layer, report_every=1, net=net)
+    layer.weight.grad = torch.ones_like(layer.weight)
+    recorder.on_train_batch_start(None, None, None, 0)
+    recorder.on_before_optimizer_step(None, None, None)
+    recorder.on_train_batch_end(None, None, {"loss": torch.tensor(1.0)}, None, 0)
+    assert "residual BN |w| max 0.25," in capsys.readouterr().out
