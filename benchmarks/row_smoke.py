@@ -125,6 +125,9 @@ BUDGETS: dict[str, Budget] = {
     "tsslbp_cifar10@width8+softmax": Budget(minutes=20, batch=None, test=1000),
     # ... and with its spike-count loss (loss_f.py spike_count: one-sided, desired 5 / undesired 1)
     "tsslbp_cifar10@width8+count": Budget(minutes=20, batch=None, test=1000),
+    # ... the row's whole recipe (network / 8, kernel loss, AdamW 2e-4) on mnist5k: does it learn
+    # an easy task?
+    "tsslbp_cifar10@width8+mnist5k": Budget(minutes=15, batch=None),
     # ... at 8x the LR (2e-4 -> 1.6e-3): at width / N the hidden layers move less per step at the
     # same LR (see row_config; measured 2-3x less at width / 8 by width_step.py), so earlier
     # @widthN runs may have trained too slowly; 8x is an upper bound on the difference
@@ -221,6 +224,15 @@ def row_config(row: str, data_dir: Path) -> DictConfig:
     overrides += [o for v in variants for o in VARIANTS.get(v, [])]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=overrides)
+    if "mnist5k" in variants:
+        # ``@mnist5k``: a static-image row's whole recipe on the 4,000 mnist5k digits (an easy
+        # task): does the recipe learn where the row's own data is not learned in a budget?
+        if not name.startswith(("tsslbp_", "stbp_", "calib_")):
+            raise ValueError(f"{row}: @mnist5k is for the static-image rows")
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            data = compose("train", overrides=["data=mnist5k", f"paths.data_dir={data_dir}"]).data
+        with open_dict(cfg):
+            cfg.data = data
     for width in [v for v in variants if v.startswith("width")]:
         with open_dict(cfg):
             cfg.model.spec = narrowed(list(cfg.model.spec), int(width.removeprefix("width")))
@@ -268,6 +280,8 @@ def labels_of(dataset: Dataset) -> list[int]:
     if isinstance(dataset, Subset):
         labels = labels_of(dataset.dataset)
         return [labels[i] for i in dataset.indices]
+    if isinstance(dataset, torch.utils.data.TensorDataset):  # mnist5k
+        return dataset.tensors[1].tolist()
     return list(dataset.targets)
 
 
@@ -279,6 +293,8 @@ def prepare(cfg: DictConfig, budget: Budget, head: int) -> L.LightningDataModule
         train = stratified_subset(train, labels_of(train), CIFAR_TRAIN_SUBSET // 10)
         if budget.test is not None:
             test = stratified_subset(test, labels_of(test), budget.test // 10)
+    elif cfg.data.name == "mnist5k":  # ``@mnist5k``: the whole 4,000 / 1,000 split
+        pass
     else:  # event frames on the 128 x 128 grid
         train, test = UpsampledFrames(train, DVS_SIDE), UpsampledFrames(test, DVS_SIDE)
         datamodule.in_shape = (2, DVS_SIDE, DVS_SIDE)

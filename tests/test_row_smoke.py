@@ -3,6 +3,7 @@
 import importlib.util
 import sys
 
+import pytest
 import torch
 from hydra.utils import instantiate
 from torch.utils.data import Dataset
@@ -22,6 +23,8 @@ def test_every_budgeted_row_composes_its_experiment_on_the_local_data(tmp_path):
         assert cfg.row == name
         if name.startswith("sg_"):
             assert cfg.data.name == "nmnist" and cfg.data.datamodule.T == cfg.method.module.T == 16
+        elif "mnist5k" in variant.split("+"):
+            assert cfg.data.name == "mnist5k"
         else:
             data = cfg.data.datamodule
             assert (data.dataset, data.layout, data.folders_subdir) == ("cifar10", "folders", "cifar10-jpeg")
@@ -102,3 +105,12 @@ def test_step_recorder_reports_the_zero_initialised_residual_gain(capsys):
     recorder.on_before_optimizer_step(None, None, None)
     recorder.on_train_batch_end(None, None, {"loss": torch.tensor(1.0)}, None, 0)
     assert "residual BN |w| max 0.25," in capsys.readouterr().out
+
+
+def test_mnist5k_variant_puts_the_row_recipe_on_mnist5k(tmp_path):
+    cfg = row_smoke.row_config("tsslbp_cifar10@width8+mnist5k", tmp_path)
+    assert cfg.data.name == "mnist5k" and "augment" not in cfg.data.datamodule
+    assert cfg.model.spec[0] == "C12" and cfg.method.module.loss == "kernel"
+    assert float(cfg.method.pretrain.optimizer.lr) == 2.0e-4
+    with pytest.raises(ValueError, match="static-image rows"):
+        row_smoke.row_config("sg_cifar10dvs@mnist5k", tmp_path)
