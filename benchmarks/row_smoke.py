@@ -293,9 +293,7 @@ def prepare(cfg: DictConfig, budget: Budget, head: int) -> L.LightningDataModule
         train = stratified_subset(train, labels_of(train), CIFAR_TRAIN_SUBSET // 10)
         if budget.test is not None:
             test = stratified_subset(test, labels_of(test), budget.test // 10)
-    elif cfg.data.name == "mnist5k":  # ``@mnist5k``: the whole 4,000 / 1,000 split
-        pass
-    else:  # event frames on the 128 x 128 grid
+    elif cfg.data.name != "mnist5k":  # event frames on the 128 x 128 grid (``@mnist5k``: as it is)
         train, test = UpsampledFrames(train, DVS_SIDE), UpsampledFrames(test, DVS_SIDE)
         datamodule.in_shape = (2, DVS_SIDE, DVS_SIDE)
     datamodule.train_set, datamodule.test_set = train, test
@@ -314,7 +312,8 @@ class StepRecorder(L.Callback):
     def __init__(self, first: nn.Module, report_every: int = 0, net: nn.Module | None = None) -> None:
         self.first = first
         self.report_every = report_every
-        self.blocks = [m for m in net.modules() if isinstance(m, SEWBlock)] if net is not None else []
+        blocks = [m for m in net.modules() if isinstance(m, SEWBlock)] if net is not None else []
+        self.norms = [b.last_norm for b in blocks if b.last_norm is not None]
         self.loss: list[float] = []
         self.grad_ratio: list[float] = []
         self.step_time: list[float] = []
@@ -338,14 +337,14 @@ class StepRecorder(L.Callback):
         if every and steps % every == 0:
             print(f"[row_smoke] step {steps}: loss {statistics.fmean(self.loss[-every:]):.4g}, "
                   f"first-layer grad/w {statistics.fmean(self.grad_ratio[-every:]):.2e}, "
-                  + (f"residual BN |w| max {residual_gain(self.blocks):.3g}, " if self.blocks else "")
+                  + (f"residual BN |w| max {residual_gain(self.norms):.3g}, " if self.norms else "")
                   + f"{sum(self.step_time):.0f} s", flush=True)
 
 
-def residual_gain(blocks: list[SEWBlock]) -> float:
+def residual_gain(norms: list[nn.BatchNorm2d]) -> float:
     """The largest |weight| of the SEW blocks' last BNs: a zero-initialised block adds nothing to
     its input until this grows far enough for its second neuron to fire."""
-    return max(float(b.last_norm.weight.detach().abs().max()) for b in blocks if b.last_norm is not None)
+    return max(float(norm.weight.detach().abs().max()) for norm in norms)
 
 
 def first_layer(module: nn.Module) -> nn.Module:
