@@ -227,7 +227,7 @@ def row_config(row: str, data_dir: Path) -> DictConfig:
     if "mnist5k" in variants:
         # ``@mnist5k``: a static-image row's whole recipe on the 4,000 mnist5k digits (an easy
         # task): does the recipe learn where the row's own data is not learned in a budget?
-        if not name.startswith(("tsslbp_", "stbp_", "calib_")):
+        if name.startswith("sg_"):
             raise ValueError(f"{row}: @mnist5k is for the static-image rows")
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             data = compose("train", overrides=["data=mnist5k", f"paths.data_dir={data_dir}"]).data
@@ -306,8 +306,8 @@ class StepRecorder(L.Callback):
     """Per optimizer step: the training loss, |grad| / |w| of the first layer, the wall time.
     Every ``report_every`` steps (0: never) a progress line with the window's mean loss and
     gradient ratio, so a long run that is cut off still leaves its curve in the log; in a net with
-    SEW blocks also the largest |weight| of their last BNs (:func:`residual_gain`: 0 while every
-    zero-initialised block is still the identity)."""
+    SEW blocks also the largest |weight| of their last BNs (:func:`residual_gain`: 0 right after
+    the zero-init, when every block is the identity)."""
 
     def __init__(self, first: nn.Module, report_every: int = 0, net: nn.Module | None = None) -> None:
         self.first = first
