@@ -243,10 +243,10 @@ def test_a_bad_factor_list_is_refused(levels, expected):
     assert expected in rejected([f"quant.levels={levels}"])
 
 
-def test_resume_needs_pretrained_and_a_cbp_stage(tmp_path):
+def test_resume_continues_the_fp32_stage_alone_or_the_cbp_stage_with_pretrained(tmp_path):
     ckpt = tmp_path / "cbp.ckpt"
     ckpt.write_bytes(b"")
-    assert "also needs pretrained=" in rejected([f"resume={ckpt}"])
+    check_config(compose([f"resume={ckpt}"]))  # an interrupted FP32 stage (its fp32.ckpt)
     assert "needs a run with a fine-tuning stage" in rejected([f"resume={ckpt}", f"pretrained={ckpt}",
                                                                "quant=fp32"])
     check_config(compose([f"resume={ckpt}", f"pretrained={ckpt}", "quant=fp32", "quant.algorithm=finetune"]))

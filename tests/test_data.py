@@ -1,8 +1,8 @@
 import numpy as np
 import torch
 
-from cbpqsnn.data.mnist5k import MNIST5kDataModule, stratified_split
-from cbpqsnn.data.sampling import EpochShuffleSampler
+from cbpqsnn.data.mnist5k import MNIST5kDataModule
+from cbpqsnn.data.sampling import EpochShuffleSampler, stratified_split
 
 
 def test_mnist5k_is_a_stratified_4000_1000_split_with_a_fixed_seed():
@@ -40,3 +40,21 @@ def test_epoch_shuffle_sampler_depends_only_on_seed_and_epoch():
     other = EpochShuffleSampler(range(50), seed=3)
     other.set_epoch(1)
     assert list(other) == second
+
+
+def test_validation_split_is_stratified_disjoint_from_training_and_the_same_for_every_seed():
+    sets = []
+    for seed in (1, 2):
+        dm = MNIST5kDataModule(val_per_class=40, shuffle_seed=seed)
+        dm.setup()
+        sets.append(dm)
+    a, b = sets
+    assert len(a.train_set) == 4000 - 400 and len(a.val_set) == 400 and len(a.test_set) == 1000
+    assert a.val_set.indices == b.val_set.indices  # fixed by val_split_seed, not the run seed
+    assert not set(a.val_set.indices) & set(a.train_set.indices)
+    labels = a.val_set.dataset.tensors[1][a.val_set.indices]
+    assert torch.bincount(labels).tolist() == [40] * 10
+    assert a.val_dataloader().dataset is a.val_set  # validation no longer reads the test split
+    no_val = MNIST5kDataModule()
+    no_val.setup()
+    assert no_val.val_dataloader().dataset is no_val.test_set

@@ -92,6 +92,39 @@ def test_resume_continues_an_interrupted_cbp_stage(binary_run, tiny_cfg, tmp_pat
     assert resumed["history"]["g"] == [2, 3, 4]  # two epochs from the checkpoint, one more here
 
 
+def test_resume_continues_an_interrupted_fp32_stage_as_if_never_stopped(tiny_cfg, tmp_path):
+    # constant LR: a 1-epoch run is the 2-epoch run stopped after its first epoch (a schedule
+    # would end at the stage's length); the resumed run gets the optimizer's moments back
+    stage = ("quant=fp32", "method.pretrain.scheduler=null")
+    whole = run(tiny_cfg(*stage, "method.pretrain.epochs=2"), tmp_path / "whole")
+    run(tiny_cfg(*stage, "method.pretrain.epochs=1"), tmp_path / "cut")
+    resumed = run(tiny_cfg(*stage, "method.pretrain.epochs=2",
+                           f"resume={tmp_path / 'cut/checkpoints/fp32.ckpt'}"), tmp_path / "resumed")
+    first, second = (torch.load(tmp_path / d / "checkpoints/fp32.ckpt", weights_only=False)
+                     for d in ("whole", "resumed"))
+    assert first["epoch"] == second["epoch"] == 1
+    assert all(torch.equal(first["state_dict"][k], second["state_dict"][k]) for k in first["state_dict"])
+    assert resumed["fp32_acc"] == whole["fp32_acc"]
+    trained = (tmp_path / "resumed/csv/pretrain/metrics.csv").read_text().splitlines()[1:]
+    assert {row.split(",")[0] for row in trained} == {"1"}  # only the second epoch ran
+    assert resumed["resumed_from"].endswith("cut/checkpoints/fp32.ckpt")
+
+
+def test_a_cbp_checkpoint_cannot_resume_the_fp32_stage(binary_run, tiny_cfg, tmp_path):
+    run_dir, _ = binary_run
+    with pytest.raises(ValueError, match="give pretrained="):
+        run(tiny_cfg(f"resume={run_dir / 'checkpoints/cbp.ckpt'}"), tmp_path)
+
+
+def test_validation_split_gives_val_accuracies_and_the_trace_every_step(tiny_cfg, tmp_path):
+    summary = run(tiny_cfg("data.datamodule.val_per_class=20", "method.cbp.callback.trace_every=1"),
+                  tmp_path)
+    assert summary["fp32_val_acc"] is not None and summary["val_acc"] is not None
+    assert summary["trace"]["step"] == [0, 1, 2, 3, 4, 5, 6]  # 2 epochs x 3 batches
+    assert summary["trace"]["cfs"][0] == pytest.approx(summary["cfs_start"])
+    assert all(0 <= f <= 1 for f in summary["trace"]["near"])
+
+
 def test_cbp_pulls_the_latents_onto_the_levels_and_ste_from_the_same_start_does_not(binary_run, tiny_cfg,
                                                                                    tmp_path):
     run_dir, _ = binary_run

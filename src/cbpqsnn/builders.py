@@ -55,11 +55,22 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int,
 
 
 def evaluate(cfg: DictConfig, run_dir: Path, module: L.LightningModule,
-             datamodule: L.LightningDataModule) -> float:
-    """Test accuracy in percent. Under data parallelism every rank tests the whole test set (no
-    distributed sampler: it would pad the set to a multiple of the ranks and count samples twice),
-    so the number is that of a single process and the same on every rank."""
-    trainer = make_trainer(cfg, run_dir, "test", 1, [], loggers=False,
+             datamodule: L.LightningDataModule, split: str = "test") -> float:
+    """Accuracy in percent on the test split (``split="val"``: the validation split). Under data
+    parallelism every rank evaluates the whole split (no distributed sampler: it would pad the set
+    to a multiple of the ranks and count samples twice), so the number is that of a single process
+    and the same on every rank."""
+    trainer = make_trainer(cfg, run_dir, split, 1, [], loggers=False,
                            use_distributed_sampler=False)
-    (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
-    return 100.0 * float(metrics["test/acc"])
+    if split == "val":
+        (metrics,) = trainer.validate(module, datamodule=datamodule, verbose=False)
+    elif split == "test":
+        (metrics,) = trainer.test(module, datamodule=datamodule, verbose=False)
+    else:
+        raise ValueError(f"split must be 'test' or 'val', got {split!r}")
+    return 100.0 * float(metrics[f"{split}/acc"])
+
+
+def has_validation_split(datamodule: L.LightningDataModule) -> bool:
+    """Whether the datamodule holds a validation split out of its training data."""
+    return bool(getattr(datamodule, "val_per_class", 0))

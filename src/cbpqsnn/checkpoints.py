@@ -57,3 +57,17 @@ def load_pretrained(module: nn.Module, path: str | Path) -> None:
         lines.append("  choose the same method/model/data as the checkpoint, or pretrain anew.")
         raise ValueError("\n".join(lines))
     module.load_state_dict(state)
+
+
+def check_stage_checkpoint(path: str | Path, stage: str) -> None:
+    """Before ``resume=path`` continues ``stage``: a CBP-stage checkpoint (latent weights under a
+    parametrization) cannot continue the FP32 stage; say what to write instead."""
+    if stage != "pretrain":
+        return
+    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=False)
+    state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
+    if any(".parametrizations." in k for k in state):
+        raise ValueError(
+            f"resume={path} is a CBP-stage checkpoint (cbp.ckpt); to continue that stage give "
+            "pretrained=<the FP32 checkpoint it started from> too. Without pretrained=, resume= "
+            "continues an interrupted FP32 stage from its checkpoints/fp32.ckpt.")

@@ -23,8 +23,8 @@ every algorithm's delta to FP32 mixes quantization with the stage's extra traini
 gives each algorithm's accuracy against this reference too, paired by seed.
 
 Each job is a ``src/train.py`` process in ``<out>/seed<s>/<level set>_<algorithm>/`` (``fp32`` for
-the FP32 run); a job whose ``summary.json`` exists is not run again, so an interrupted comparison
-continues where it stopped. Every job's config is composed and checked before the first one runs.
+the FP32 run); a job whose ``summary.json`` exists is not run again, and a job stopped mid-stage
+resumes from its last epoch's checkpoint, so an interrupted comparison continues where it stopped. Every job's config is composed and checked before the first one runs.
 Every job runs with the same number of threads (``job_threads``), so that a seed's FP32 network
 does not depend on what ran beside it (made again on the same machine, it is the same network).
 
@@ -92,9 +92,17 @@ class Job:
     def fp32_checkpoint(self) -> Path:
         return self.run_dir.parent / "fp32" / "checkpoints" / "fp32.ckpt"
 
+    @property
+    def stage_checkpoint(self) -> Path:
+        """The checkpoint the job's own training stage writes at every epoch's end."""
+        return self.run_dir / "checkpoints" / ("fp32.ckpt" if self.name == "fp32" else "cbp.ckpt")
+
     def command(self, train_py: Path) -> list[str]:
+        """The ``src/train.py`` command; a job stopped mid-stage (its stage checkpoint exists, its
+        summary not) continues from that checkpoint (``resume=``)."""
         pretrained = [] if self.name == "fp32" else [f"pretrained={self.fp32_checkpoint}"]
-        return [sys.executable, str(train_py), *self.overrides, *pretrained,
+        resume = [f"resume={self.stage_checkpoint}"] if self.stage_checkpoint.is_file() else []
+        return [sys.executable, str(train_py), *self.overrides, *pretrained, *resume,
                 f"hydra.run.dir={self.run_dir}"]
 
 

@@ -100,10 +100,7 @@ def check_config(cfg: DictConfig) -> None:
     _check_time_steps(problems, container)
     _check_trainer(problems, container.get("trainer") or {})
     _check_logger(problems, container.get("logger") or {})
-    if container.get("resume") and not container.get("pretrained"):
-        problems.append("resume=<cbp checkpoint> also needs pretrained=<the FP32 checkpoint the "
-                        "CBP stage started from> (the FP32 accuracy is measured on it)")
-    if container.get("resume") and not (quantize or fine_tune):
+    if container.get("resume") and container.get("pretrained") and not (quantize or fine_tune):
         problems.append("resume=<cbp checkpoint> needs a run with a fine-tuning stage; quant=fp32 has "
                         f"none (quant.algorithm={FP32_FINETUNE} gives it one)")
     variant = container.get("variant")

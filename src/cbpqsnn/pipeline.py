@@ -6,7 +6,13 @@ schedule, clipping) on the FP32 weights with no quantization: the FP32 network t
 the fine-tuned ones, a comparison's equal-training reference (``quant_acc`` is its accuracy after
 the stage, ``fp32_acc`` the one it started from; its weights are ``checkpoints/cbp.ckpt``).
 ``latent_acc`` in the summary is the accuracy of the latent FP32 weights at the end of the stage
-(before the bake), ``quant_acc`` that of the baked weights on their levels.
+(before the bake), ``quant_acc`` that of the baked weights on their levels. With a validation split
+(``data.datamodule.val_per_class``) the summary also gives ``fp32_val_acc`` and ``val_acc`` (the
+network the run leaves behind) on it: the numbers settings are tuned on.
+
+``resume=<checkpoint>``: with ``pretrained=`` it continues an interrupted CBP (fine-tuning) stage
+from its ``cbp.ckpt``; without, it continues an interrupted FP32 stage from its ``fp32.ckpt`` (the
+epoch, optimizer and scheduler state, and the data order, as if never stopped).
 
 Artifacts in the run folder: ``checkpoints/fp32.ckpt``, ``checkpoints/cbp.ckpt`` (with the CBP
 callback state), ``quantized.pt`` (plain baked ``state_dict``), ``quantized_packed.pt`` (packed
@@ -37,8 +43,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from cbpqsnn.builders import build_datamodule, build_module, evaluate, make_trainer
-from cbpqsnn.checkpoints import load_pretrained
+from cbpqsnn.builders import build_datamodule, build_module, evaluate, has_validation_split, make_trainer
+from cbpqsnn.checkpoints import check_stage_checkpoint, load_pretrained
 from cbpqsnn.config_check import check_config
 from cbpqsnn.deploy.artifacts import network_levels, write_deployment
 from cbpqsnn.deploy.metrics import first_test_inputs, hardware_metrics
@@ -99,22 +105,28 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     # -- stage 1: FP32 pretraining (or a given checkpoint)
     module.prepare_stage("pretrain", datamodule)
+    if cfg.get("resume"):
+        check_stage_checkpoint(cfg.resume, "cbp" if cfg.get("pretrained") else "pretrain")
     if cfg.get("pretrained"):
         load_pretrained(module, cfg.pretrained)
         fp32_ckpt, epochs_pretrain = str(cfg.pretrained), 0
     else:
-        _fit_stage(cfg, run_dir, "pretrain", module, datamodule, cfg.method.pretrain, [], "fp32")
+        _fit_stage(cfg, run_dir, "pretrain", module, datamodule, cfg.method.pretrain, [], "fp32",
+                   ckpt_path=cfg.get("resume"))
         fp32_ckpt = str(run_dir / "checkpoints" / "fp32.ckpt")
         epochs_pretrain = int(cfg.method.pretrain.epochs)
     method_summary = module.prepare_stage("cbp", datamodule)
     fp32_acc = evaluate(cfg, run_dir, module, datamodule)
+    validate = has_validation_split(datamodule)
+    fp32_val_acc = evaluate(cfg, run_dir, module, datamodule, "val") if validate else None
     fp32_bytes = 4 * sum(p.numel() for p in module.parameters())
     hardware = {"fp32": _hardware(cfg, module, datamodule, None)}
 
     summary: dict[str, Any] = {
         "row": cfg.row, "method": cfg.method.name, "data": cfg.data.name, "model": cfg.model.name,
         "quant": cfg.quant.name, "algorithm": cfg.quant.algorithm, "variant": cfg.get("variant"),
-        "seed": int(cfg.seed), "fp32_acc": fp32_acc, "epochs_pretrain": epochs_pretrain,
+        "seed": int(cfg.seed), "fp32_acc": fp32_acc, "fp32_val_acc": fp32_val_acc,
+        "epochs_pretrain": epochs_pretrain, "resumed_from": cfg.get("resume"),
         "fp32_checkpoint": fp32_ckpt,
         **method_summary,
     }
@@ -165,7 +177,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             quantized_layers=cbp_result.layer_names,
             cbp_checkpoint=str(run_dir / "checkpoints" / "cbp.ckpt") if fine_tune else None,
             history=cbp_result.history,
+            trace=cbp_result.trace,
         )
+    summary["val_acc"] = evaluate(cfg, run_dir, module, datamodule, "val") if validate else None
     final = hardware.get("quantized", hardware["fp32"])  # the network the run leaves behind
     summary.update(synops=final["synops"], energy_uj_fp32=hardware["fp32"]["energy_uj"],
                    energy_uj=final["energy_uj"], hardware=hardware)

@@ -138,6 +138,22 @@ def test_class_folders_of_jpegs_are_read_with_image_folder(tmp_path):
         CIFARDataModule(root=tmp_path, folders_subdir="few").setup()
 
 
+@pytest.mark.parametrize("cache", [None, "cache"])
+def test_the_validation_split_reads_training_images_without_augmentation(tmp_path, cache):
+    make_image_folders(tmp_path / "cifar10-jpeg", CIFAR10_CLASSES, {"train": 3, "test": 1})
+    dm = CIFARDataModule(root=tmp_path, augment="standard", val_per_class=1,
+                         decoded_cache=tmp_path / cache if cache else None)
+    plain = CIFARDataModule(root=tmp_path, augment="none", decoded_cache=None)
+    dm.setup()
+    plain.setup()
+    assert len(dm.train_set) == 20 and len(dm.val_set) == 10 and len(dm.test_set) == 10
+    for i, index in enumerate(dm.val_set.indices):  # the un-augmented image, every read
+        image, label = dm.val_set[i]
+        expected, expected_label = plain.train_set[index]
+        assert label == expected_label and torch.allclose(image, expected, atol=1e-6)
+    assert "RandomCrop" in repr(dm.train_set.dataset.transform)  # training still augments
+
+
 def test_a_corrupt_jpeg_is_an_error_naming_the_file(tmp_path):
     make_image_folders(tmp_path / "cifar10-jpeg", CIFAR10_CLASSES, {"train": 1, "test": 1})
     dm = CIFARDataModule(root=tmp_path, layout="folders")

@@ -119,6 +119,47 @@ def test_constraint_gradient_is_added_to_the_weight_gradient():
     assert cbp._constraint_sum.item() == pytest.approx(term, rel=1e-5)
 
 
+def test_decoupled_constraint_step_moves_the_latent_by_lr_times_lambda_and_keeps_the_task_gradient():
+    module = pretrained()
+    cbp = CBPCallback(levels="ternary", constraint_step="decoupled")
+    cbp.attach(module)
+    cbp.schedule.g = 3  # bands |w - a/2| < a/6 around the medians +-a/2
+    cbp.on_train_epoch_start(None, module)
+    w2, w4 = cbp.latent("net.2"), cbp.latent("net.4")
+    a = cbp.levels("net.2")[-1].item()
+    with torch.no_grad():  # hand-picked weights of net.2, lambda 0.5 on each
+        w2[0, :4] = torch.tensor([0.8 * a, 0.55 * a, 1.2 * a, -0.1 * a])
+    for w in (w2, w4):
+        w.grad = torch.randn_like(w)
+    cbp.multipliers["net.2"].fill_(0.5)
+    cbp.multipliers["net.4"].uniform_(0, 2)
+    task_grad = {n: cbp.latent(n).grad.clone() for n in cbp.layer_names}
+    before = {n: cbp.latent(n).detach().clone() for n in cbp.layer_names}
+    others = [p for n, p in module.named_parameters() if "original" not in n]
+    optimizer = torch.optim.Adam([{"params": [w2], "lr": 0.1}, {"params": [w4, *others], "lr": 0.01}])
+    cbp.on_before_optimizer_step(None, module, optimizer)
+    # by hand, lr 0.1, lambda 0.5: dcs/dw is -2 at 0.8a (below its level a, outside the band),
+    # 0 at 0.55a (inside the band), +2 at 1.2a (above the top level), -2 at -0.1a (below level 0)
+    expected = [0.8 * a + 0.1, 0.55 * a, 1.2 * a - 0.1, -0.1 * a + 0.1]
+    assert w2[0, :4].tolist() == pytest.approx(expected, abs=1e-7)
+    for name, lr in (("net.2", 0.1), ("net.4", 0.01)):
+        _, dcs = constraint(before[name], cbp.levels(name), 3)
+        assert torch.allclose(cbp.latent(name), before[name] - lr * cbp.multipliers[name] * dcs, atol=1e-7)
+        assert torch.equal(cbp.latent(name).grad, task_grad[name])  # the gradient stays the task's
+
+
+def test_decoupled_constraint_step_needs_the_quantized_weights_in_the_optimizer():
+    module = pretrained()
+    cbp = CBPCallback(levels="binary", constraint_step="decoupled")
+    cbp.attach(module)
+    cbp.on_train_epoch_start(None, module)
+    optimizer = torch.optim.SGD(module.net[0].parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="net.2"):
+        cbp.on_before_optimizer_step(None, module, optimizer)
+    with pytest.raises(ValueError, match="valid choices"):
+        CBPCallback(constraint_step="decoupeld")
+
+
 def test_constraint_gradient_reaches_bf16_weights_from_float32_multipliers():
     """Pure half precision: the term is formed in float32 and cast to the weight's dtype."""
     module = pretrained()

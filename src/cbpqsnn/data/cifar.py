@@ -55,8 +55,10 @@ class CIFARDataModule(ClassificationDataModule):
                  std: Sequence[float] = (0.2023, 0.1994, 0.2010), crop_padding: int = 4,
                  cutout_size: int = 16, batch_size: int = 128, eval_batch_size: int = 500,
                  shuffle_seed: int = 0, num_workers: int = 0,
-                 decoded_cache: str | Path | None = None) -> None:
-        super().__init__(root, download, batch_size, eval_batch_size, shuffle_seed, num_workers)
+                 decoded_cache: str | Path | None = None, val_per_class: int = 0,
+                 val_split_seed: int = 0) -> None:
+        super().__init__(root, download, batch_size, eval_batch_size, shuffle_seed, num_workers,
+                         val_per_class, val_split_seed)
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
         if layout not in LAYOUTS:

@@ -28,7 +28,7 @@ from tonic.io import read_aedat4
 
 from cbpqsnn.data.events import EventDataModule, Recording, make_events
 from cbpqsnn.data.files import MissingDataError, missing_data_error, sorted_files
-from cbpqsnn.data.mnist5k import stratified_split
+from cbpqsnn.data.sampling import stratified_split
 
 SPLITS = ("ordered", "random")
 

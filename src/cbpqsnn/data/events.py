@@ -92,8 +92,10 @@ class EventDataModule(ClassificationDataModule):
 
     def __init__(self, root: str | Path = "data", download: bool = False, T: int = 16,
                  size: int | None = None, cache_dir: str | Path | None = None, batch_size: int = 16,
-                 eval_batch_size: int = 64, shuffle_seed: int = 0, num_workers: int = 0) -> None:
-        super().__init__(root, download, batch_size, eval_batch_size, shuffle_seed, num_workers)
+                 eval_batch_size: int = 64, shuffle_seed: int = 0, num_workers: int = 0,
+                 val_per_class: int = 0, val_split_seed: int = 0) -> None:
+        super().__init__(root, download, batch_size, eval_batch_size, shuffle_seed, num_workers,
+                         val_per_class, val_split_seed)
         self.spec = FrameSpec.make(T, self.sensor, size)
         self.in_shape = (2, *self.spec.size)
         self.cache = FrameCache(cache_dir, self.name, self.spec) if cache_dir else None

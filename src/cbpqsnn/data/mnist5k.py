@@ -13,21 +13,9 @@ import torch
 from torch.utils.data import TensorDataset
 
 from cbpqsnn.data.base import ClassificationDataModule
+from cbpqsnn.data.sampling import stratified_split
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-
-
-def stratified_split(labels: np.ndarray, test_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices ``(train, test)``: ``test_per_class`` random samples of every class go to test."""
-    rng = np.random.default_rng(seed)
-    train, test = [], []
-    for c in np.unique(labels):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        if len(idx) <= test_per_class:
-            raise ValueError(f"class {c} has {len(idx)} samples, cannot hold out {test_per_class}")
-        test.append(idx[:test_per_class])
-        train.append(idx[test_per_class:])
-    return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
 @functools.lru_cache(maxsize=1)
@@ -51,9 +39,11 @@ class MNIST5kDataModule(ClassificationDataModule):
     num_classes = 10
 
     def __init__(self, batch_size: int = 64, test_per_class: int = 100, split_seed: int = 0,
-                 shuffle_seed: int = 0, num_workers: int = 0, eval_batch_size: int = 500) -> None:
+                 shuffle_seed: int = 0, num_workers: int = 0, eval_batch_size: int = 500,
+                 val_per_class: int = 0, val_split_seed: int = 0) -> None:
         super().__init__(batch_size=batch_size, eval_batch_size=eval_batch_size,
-                         shuffle_seed=shuffle_seed, num_workers=num_workers)
+                         shuffle_seed=shuffle_seed, num_workers=num_workers,
+                         val_per_class=val_per_class, val_split_seed=val_split_seed)
         self.test_per_class = test_per_class
         self.split_seed = split_seed
 

@@ -8,8 +8,15 @@ Attach it to a ``Trainer`` that fine-tunes a pretrained module; it knows nothing
   validation while the optimizer updates the latent FP32 weight; creates one multiplier per weight;
 - ``on_train_start``: the initial multiplier step (g = 1), once per stage (not on resume);
 - ``on_before_optimizer_step``: adds ``lambda * dcs/dw`` to the (unscaled) weight gradient, i.e.
-  the gradient of the Lagrangian ``L = task + sum lambda * cs(w; g)``; runs before gradient clipping;
-- ``on_train_batch_end``: clamps the latent weights to ``[-latent_clamp, latent_clamp]``;
+  the gradient of the Lagrangian ``L = task + sum lambda * cs(w; g)``; runs before gradient clipping
+  (``constraint_step="coupled"``, the paper's). ``constraint_step="decoupled"`` (beyond the paper,
+  docs/algorithm.md section 6) instead moves the latent weight itself by ``lr * lambda * dcs/dw``,
+  ``lr`` the weight's current learning rate, and leaves the gradient to the task loss: the
+  constraint's pull then stays proportional to lambda under an adaptive optimizer, as AdamW's
+  decoupled weight decay stays proportional to the decay;
+- ``on_train_batch_end``: clamps the latent weights to ``[-latent_clamp, latent_clamp]``; with
+  ``trace_every = N > 0`` records, every N optimizer steps, the CFS, the fraction of quantized
+  weights within a tenth of the scale of their level, and the mean multiplier (``trace``);
 - ``on_train_epoch_end``: the event-driven g schedule on the epoch's Lagrangian sum, LR drop at
   ``lr_drop_at_g``, a multiplier step after every g update; logs the CBP curves;
 - ``on_fit_end``: bakes every latent weight onto its level (a plain module, weights ``a_l * F``).
@@ -66,14 +73,18 @@ NO_QUANT = "none"  # quant.algorithm of an FP32-only run (quant=fp32): no CBP / 
 FP32_FINETUNE = "finetune"
 FP32_ALGORITHMS = (NO_QUANT, FP32_FINETUNE)  # the quant.algorithm values of quant=fp32
 MULTIPLIER_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
+# how the constraint's gradient reaches the weights (module docstring): through the optimizer, as
+# part of the Lagrangian's gradient (the paper), or as a step of its own beside it
+CONSTRAINT_STEPS = ("coupled", "decoupled")
 
 
 @dataclass(frozen=True)
 class CBPResult:
     """What a finished (baked) CBP / STE stage hands the pipeline: the quantized layers, bits per
     weight, each layer's levels, the final CFS (after the bake), the CFS of the latent weights when
-    the stage started, whether every weight sits on a level, the final window index g and the
-    per-epoch history (g, CFS of the latent weights before the bake, Lagrangian, task loss)."""
+    the stage started, whether every weight sits on a level, the final window index g, the
+    per-epoch history (g, CFS of the latent weights before the bake, Lagrangian, task loss) and the
+    per-step trace (``trace_every``; empty lists when off)."""
 
     layer_names: list[str]
     bits: int
@@ -83,6 +94,7 @@ class CBPResult:
     levels_ok: bool
     g_final: int
     history: dict[str, list[float]]
+    trace: dict[str, list[float]]
 
 
 class CBPCallback(L.Callback):
@@ -95,6 +107,7 @@ class CBPCallback(L.Callback):
         scale: str | None = None,
         multiplier_optimizer: str = "adam",
         multiplier_lr: float = 1e-4,
+        constraint_step: str = "coupled",
         multiplier_weight_decay: float = 0.0,
         p_max: int = 20,
         lr_drop_at_g: int | None = 20,
@@ -105,10 +118,15 @@ class CBPCallback(L.Callback):
         exclude: Sequence[str] = (),
         train_only_quantized: bool = False,
         bake_at_end: bool = True,
+        trace_every: int = 0,
     ) -> None:
         if multiplier_optimizer not in MULTIPLIER_OPTIMIZERS:
             raise ValueError(f"unknown multiplier optimizer {multiplier_optimizer!r}; "
                              f"valid choices: {sorted(MULTIPLIER_OPTIMIZERS)}")
+        if constraint_step not in CONSTRAINT_STEPS:
+            raise ValueError(f"unknown constraint_step {constraint_step!r}; valid choices: "
+                             f"{list(CONSTRAINT_STEPS)}")
+        self.constraint_step = constraint_step
         self.factors = level_factors(levels)
         check_algorithm(algorithm, self.factors)
         self.scale = check_scale(scale or default_scale(self.factors))
@@ -125,6 +143,10 @@ class CBPCallback(L.Callback):
         self.exclude = tuple(exclude)
         self.train_only_quantized = train_only_quantized
         self.bake_at_end = bake_at_end
+        if int(trace_every) < 0:
+            raise ValueError(f"trace_every must be 0 (off) or a number of steps, got {trace_every}")
+        self.trace_every = int(trace_every)
+        self.trace: dict[str, list[float]] = {"step": [], "cfs": [], "near": [], "lambda_mean": []}
         self.schedule = WindowSchedule(p_max=p_max, lr_drop_at_g=lr_drop_at_g)
         self.layer_names: list[str] = []
         self.modules: dict[str, nn.Module] = {}
@@ -252,7 +274,7 @@ class CBPCallback(L.Callback):
                          levels={n: lv.cpu() for n, lv in self.baked_levels().items()},
                          cfs=self.cfs(), cfs_start=self.cfs_start, levels_ok=self.levels_ok(),
                          g_final=self.schedule.g,
-                         history=self.history)
+                         history=self.history, trace=self.trace)
 
     # ------------------------------------------------------------------ metrics
     def _all_latents(self) -> list[tuple[str, Tensor, Tensor]]:
@@ -268,6 +290,27 @@ class CBPCallback(L.Callback):
             total += constraint_failure(w, levels).sum().item()
             count += w.numel()
         return total / max(count, 1)
+
+    @torch.no_grad()
+    def near_fraction(self, tolerance: float = 0.1) -> float:
+        """Fraction of the quantized weights within ``tolerance * a_l`` of their nearest level
+        (``a_l``: the layer's top level, its scale)."""
+        near, count = 0, 0
+        for _, w, levels in self._all_latents():
+            near += int(((w - quantize(w, levels)).abs() <= tolerance * levels[-1]).sum())
+            count += w.numel()
+        return near / max(count, 1)
+
+    def multiplier_mean(self) -> float:
+        if not self.multipliers:
+            return 0.0
+        return float(sum(lam.sum() for lam in self.multipliers.values())
+                     / sum(lam.numel() for lam in self.multipliers.values()))
+
+    def _record_trace(self, step: int) -> None:
+        for key, value in (("step", step), ("cfs", self.cfs()), ("near", self.near_fraction()),
+                           ("lambda_mean", self.multiplier_mean())):
+            self.trace[key].append(value)
 
     @torch.no_grad()
     def levels_ok(self) -> bool:
@@ -309,6 +352,8 @@ class CBPCallback(L.Callback):
             self.cfs_start = self.cfs()
             self.multiplier_step()
             self.initialized = True
+            if self.trace_every:
+                self._record_trace(0)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         device = pl_module.device
@@ -322,15 +367,29 @@ class CBPCallback(L.Callback):
         self._steps += 1
         if not self.uses_constraint:
             return
+        lrs = self._learning_rates(optimizer) if self.constraint_step == "decoupled" else {}
         for name, lam in self.multipliers.items():
             w = self.latent(name)
             cs, grad = constraint(w, self.levels(name), self.schedule.g)
+            self._constraint_sum += (lam * cs).sum()
+            if self.constraint_step == "decoupled":  # w -= lr * lambda * dcs/dw, beside the optimizer
+                w.sub_((lam * grad * lrs[id(w)]).to(w.dtype))
+                continue
             if w.grad is not None and w.grad.dtype == lam.dtype:
                 w.grad.addcmul_(lam, grad)  # grad is 0 or +-2: lam * grad is exact, one pass
             else:  # float32 multipliers, the weight's own dtype (pure half precision)
                 term = (lam * grad).to(w.dtype)
                 w.grad = term if w.grad is None else w.grad.add_(term)
-            self._constraint_sum += (lam * cs).sum()
+
+    def _learning_rates(self, optimizer: torch.optim.Optimizer | None) -> dict[int, float]:
+        """The current learning rate of every latent weight (by ``id``), from its parameter group."""
+        lrs = {id(p): float(group["lr"]) for group in getattr(optimizer, "param_groups", [])
+               for p in group["params"]}
+        missing = [n for n in self.layer_names if id(self.latent(n)) not in lrs]
+        if missing:
+            raise RuntimeError(f"constraint_step='decoupled' needs the weight optimizer of the "
+                               f"quantized layers {missing}; it does not hold them")
+        return lrs
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
@@ -341,6 +400,8 @@ class CBPCallback(L.Callback):
         if self.latent_clamp is not None:
             for name in self.layer_names:
                 self.latent(name).clamp_(-self.latent_clamp, self.latent_clamp)
+        if self.trace_every and trainer.global_step % self.trace_every == 0:
+            self._record_trace(trainer.global_step)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # every rank's (task + constraint) over its own steps, summed over the ranks
@@ -368,9 +429,7 @@ class CBPCallback(L.Callback):
         metrics = {"cbp/task_loss": task / steps, "cbp/lagrangian": L_sum,
                    "cbp/cfs": cfs, "cbp/g": float(self.schedule.g)}
         if self.uses_constraint:
-            metrics["cbp/lambda_mean"] = float(
-                sum(lam.sum() for lam in self.multipliers.values())
-                / sum(lam.numel() for lam in self.multipliers.values()))
+            metrics["cbp/lambda_mean"] = self.multiplier_mean()
             metrics["cbp/lambda_max"] = float(max(lam.max() for lam in self.multipliers.values()))
         pl_module.log_dict(metrics, on_step=False, on_epoch=True)
 
@@ -401,6 +460,7 @@ class CBPCallback(L.Callback):
             "initialized": self.initialized,
             "cfs_start": self.cfs_start,
             "history": {k: list(v) for k, v in self.history.items()},
+            "trace": {k: list(v) for k, v in self.trace.items()},
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -429,6 +489,7 @@ class CBPCallback(L.Callback):
         self.initialized = state["initialized"]
         self.cfs_start = state.get("cfs_start")
         self.history = {k: list(v) for k, v in state["history"].items()}
+        self.trace = {k: list(v) for k, v in state.get("trace", self.trace).items()}
 
     @staticmethod
     def _warn_changed(saved: dict[str, Any], given: dict[str, Any], keys: Sequence[str],
