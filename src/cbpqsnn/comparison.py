@@ -24,7 +24,8 @@ gives each algorithm's accuracy against this reference too, paired by seed.
 
 Each job is a ``src/train.py`` process in ``<out>/seed<s>/<level set>_<algorithm>/`` (``fp32`` for
 the FP32 run); a job whose ``summary.json`` exists is not run again, and a job stopped mid-stage
-resumes from its last epoch's checkpoint, so an interrupted comparison continues where it stopped. Every job's config is composed and checked before the first one runs.
+resumes from its last epoch's checkpoint, so an interrupted comparison continues where it
+stopped. Every job's config is composed and checked before the first one runs.
 Every job runs with the same number of threads (``job_threads``), so that a seed's FP32 network
 does not depend on what ran beside it (made again on the same machine, it is the same network).
 
