@@ -81,3 +81,17 @@ def test_a_runs_table_says_what_its_numbers_depend_on_beyond_the_config():
     assert lines[None].split()[-2:] == ["--", "│"]  # kept runs from before it was recorded
     assert "2.5.0, 2 thread(s), AMD EPYC" in lines[2]
     assert "2.5.0, 8 thread(s), NVIDIA H200" in lines[8]
+
+
+def test_a_run_with_a_per_step_trace_gets_the_trace_plot(tmp_path):
+    summary = {"row": "r", "method": "m", "data": "d", "quant": "binary", "algorithm": "cbp",
+               "fp32_acc": 90.0, "quant_acc": 89.0, "acc_delta": -1.0, "memory_ratio": 0.035,
+               "trace": {"step": [0, 5, 10], "cfs": [0.02, 0.01, 0.005], "near": [0.1, 0.4, 0.9],
+                         "lambda_mean": [0.0, 1e-4, 2e-4]}}
+    for name, traced in (("traced", True), ("plain", False)):
+        (tmp_path / name).mkdir()
+        entry = summary if traced else {k: v for k, v in summary.items() if k != "trace"}
+        (tmp_path / name / "summary.json").write_text(json.dumps(entry))
+    result = report_sweep(tmp_path, tmp_path / "out")
+    assert "cbp_trace.png" in {p.name for p in result["plots"]}
+    assert (tmp_path / "out" / "cbp_trace.png").stat().st_size > 1000

@@ -88,10 +88,11 @@ class Job:
     name: str  # "fp32" or "<level set>_<algorithm>[@<variant>]"
     overrides: tuple[str, ...]  # without pretrained= (the FP32 job writes that checkpoint)
     run_dir: Path
+    fp32_run: Path | None = None  # the seed's FP32 run folder (default: ``fp32`` beside this one)
 
     @property
     def fp32_checkpoint(self) -> Path:
-        return self.run_dir.parent / "fp32" / "checkpoints" / "fp32.ckpt"
+        return (self.fp32_run or self.run_dir.parent / "fp32") / "checkpoints" / "fp32.ckpt"
 
     @property
     def stage_checkpoint(self) -> Path:

@@ -67,11 +67,15 @@ NUMBERS = ("fp32_acc", "quant_acc", "acc_delta", "latent_acc", "bake_cost", "mem
 
 
 def load_summaries(sweep_dir: str | Path) -> list[tuple[Path, dict[str, Any]]]:
-    """Every ``summary.json`` below ``sweep_dir`` (one per finished job), sorted by path."""
+    """Every ``summary.json`` below ``sweep_dir`` (one per finished job), sorted by path; in a
+    tuned comparison (``tuning.json``) not the tuning runs below ``tuning/`` (report that folder
+    on its own)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise FileNotFoundError(f"sweep folder not found: {sweep_dir}")
-    found = [(p.parent, json.loads(p.read_text())) for p in sorted(sweep_dir.rglob("summary.json"))]
+    tuning = sweep_dir / "tuning" if (sweep_dir / "tuning.json").is_file() else None
+    found = [(p.parent, json.loads(p.read_text())) for p in sorted(sweep_dir.rglob("summary.json"))
+             if tuning is None or tuning not in p.parents]
     if not found:
         raise FileNotFoundError(f"no summary.json below {sweep_dir}: no job of this sweep finished")
     return found
@@ -285,6 +289,9 @@ def write_plots(runs: list[tuple[Path, dict[str, Any]]], table: list[dict[str, A
         plt.close(fig)
     if len({_label(s) for _, s in curves}) > 1:
         written.append(_cfs_by_algorithm(curves, out_dir))
+    traced = [(d, s) for d, s in runs if s.get("trace", {}).get("step")]
+    if traced:
+        written.append(_traces(traced, out_dir))
     # weight histograms of the quantized layers: pretrained vs latent at the end of CBP
     for run_dir, s in curves:
         before = Path(s.get("fp32_checkpoint", ""))
@@ -330,6 +337,26 @@ def _cfs_by_algorithm(curves: list[tuple[Path, dict[str, Any]]], out_dir: Path) 
         ax.legend(fontsize=7)
     fig.tight_layout()
     path = out_dir / "cfs_by_algorithm.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _traces(runs: list[tuple[Path, dict[str, Any]]], out_dir: Path) -> Path:
+    """The per-step trace (``trace_every``) of every run that has one: CFS and the fraction of
+    quantized weights within a tenth of the scale of their level, against the optimizer step."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_cfs, ax_near) = plt.subplots(1, 2, figsize=(10, 4))
+    for run_dir, s in sorted(runs, key=lambda r: r[0].name):
+        trace = s["trace"]
+        line, = ax_cfs.plot(trace["step"], trace["cfs"], label=run_dir.name)
+        ax_near.plot(trace["step"], trace["near"], color=line.get_color(), label=run_dir.name)
+    ax_cfs.set(xlabel="fine-tuning step", ylabel="CFS", yscale="log")
+    ax_near.set(xlabel="fine-tuning step", ylabel="fraction within a/10 of a level", ylim=(0, 1))
+    ax_near.legend(fontsize=6)
+    fig.tight_layout()
+    path = out_dir / "cbp_trace.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path

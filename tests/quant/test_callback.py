@@ -119,7 +119,7 @@ def test_constraint_gradient_is_added_to_the_weight_gradient():
     assert cbp._constraint_sum.item() == pytest.approx(term, rel=1e-5)
 
 
-def test_decoupled_constraint_step_moves_the_latent_by_lr_times_lambda_and_keeps_the_task_gradient():
+def test_decoupled_constraint_step_moves_the_latent_by_lambda_times_the_schedule_and_keeps_the_gradient():
     module = pretrained()
     cbp = CBPCallback(levels="ternary", constraint_step="decoupled")
     cbp.attach(module)
@@ -136,13 +136,15 @@ def test_decoupled_constraint_step_moves_the_latent_by_lr_times_lambda_and_keeps
     task_grad = {n: cbp.latent(n).grad.clone() for n in cbp.layer_names}
     before = {n: cbp.latent(n).detach().clone() for n in cbp.layer_names}
     others = [p for n, p in module.named_parameters() if "original" not in n]
-    optimizer = torch.optim.Adam([{"params": [w2], "lr": 0.1}, {"params": [w4, *others], "lr": 0.01}])
+    # net.2's LR decayed to a fifth of its initial one (schedule factor 0.2); net.4 has no schedule
+    optimizer = torch.optim.Adam([{"params": [w2], "lr": 0.02, "initial_lr": 0.1},
+                                  {"params": [w4, *others], "lr": 0.01}])
     cbp.on_before_optimizer_step(None, module, optimizer)
-    # by hand, lr 0.1, lambda 0.5: dcs/dw is -2 at 0.8a (below its level a, outside the band),
+    # by hand, factor 0.2, lambda 0.5: dcs/dw is -2 at 0.8a (below its level a, outside the band),
     # 0 at 0.55a (inside the band), +2 at 1.2a (above the top level), -2 at -0.1a (below level 0)
-    expected = [0.8 * a + 0.1, 0.55 * a, 1.2 * a - 0.1, -0.1 * a + 0.1]
+    expected = [0.8 * a + 0.2, 0.55 * a, 1.2 * a - 0.2, -0.1 * a + 0.2]  # 0.2 * 0.5 * 2
     assert w2[0, :4].tolist() == pytest.approx(expected, abs=1e-7)
-    for name, lr in (("net.2", 0.1), ("net.4", 0.01)):
+    for name, lr in (("net.2", 0.2), ("net.4", 1.0)):
         _, dcs = constraint(before[name], cbp.levels(name), 3)
         assert torch.allclose(cbp.latent(name), before[name] - lr * cbp.multipliers[name] * dcs, atol=1e-7)
         assert torch.equal(cbp.latent(name).grad, task_grad[name])  # the gradient stays the task's

@@ -10,10 +10,11 @@ Attach it to a ``Trainer`` that fine-tunes a pretrained module; it knows nothing
 - ``on_before_optimizer_step``: adds ``lambda * dcs/dw`` to the (unscaled) weight gradient, i.e.
   the gradient of the Lagrangian ``L = task + sum lambda * cs(w; g)``; runs before gradient clipping
   (``constraint_step="coupled"``, the paper's). ``constraint_step="decoupled"`` (beyond the paper,
-  docs/algorithm.md section 6) instead moves the latent weight itself by ``lr * lambda * dcs/dw``,
-  ``lr`` the weight's current learning rate, and leaves the gradient to the task loss: the
-  constraint's pull then stays proportional to lambda under an adaptive optimizer, as AdamW's
-  decoupled weight decay stays proportional to the decay;
+  docs/algorithm.md section 6) instead moves the latent weight itself by ``s * lambda * dcs/dw``
+  and leaves the gradient to the task loss, ``s`` the weight's learning-rate schedule factor (its
+  current LR over its initial one, 1 without a schedule): the constraint's pull then stays
+  proportional to lambda under an adaptive optimizer, as AdamW's decoupled weight decay stays
+  proportional to the decay, and lambda is the pull's step in weight units;
 - ``on_train_batch_end``: clamps the latent weights to ``[-latent_clamp, latent_clamp]``; with
   ``trace_every = N > 0`` records, every N optimizer steps, the CFS, the fraction of quantized
   weights within a tenth of the scale of their level, and the mean multiplier (``trace``);
@@ -367,12 +368,12 @@ class CBPCallback(L.Callback):
         self._steps += 1
         if not self.uses_constraint:
             return
-        lrs = self._learning_rates(optimizer) if self.constraint_step == "decoupled" else {}
+        lrs = self._schedule_factors(optimizer) if self.constraint_step == "decoupled" else {}
         for name, lam in self.multipliers.items():
             w = self.latent(name)
             cs, grad = constraint(w, self.levels(name), self.schedule.g)
             self._constraint_sum += (lam * cs).sum()
-            if self.constraint_step == "decoupled":  # w -= lr * lambda * dcs/dw, beside the optimizer
+            if self.constraint_step == "decoupled":  # w -= s * lambda * dcs/dw, beside the optimizer
                 w.sub_((lam * grad * lrs[id(w)]).to(w.dtype))
                 continue
             if w.grad is not None and w.grad.dtype == lam.dtype:
@@ -381,10 +382,11 @@ class CBPCallback(L.Callback):
                 term = (lam * grad).to(w.dtype)
                 w.grad = term if w.grad is None else w.grad.add_(term)
 
-    def _learning_rates(self, optimizer: torch.optim.Optimizer | None) -> dict[int, float]:
-        """The current learning rate of every latent weight (by ``id``), from its parameter group."""
-        lrs = {id(p): float(group["lr"]) for group in getattr(optimizer, "param_groups", [])
-               for p in group["params"]}
+    def _schedule_factors(self, optimizer: torch.optim.Optimizer | None) -> dict[int, float]:
+        """Every latent weight's (by ``id``) current learning rate over its initial one (the
+        ``initial_lr`` a PyTorch scheduler keeps in the parameter group; 1 without a scheduler)."""
+        lrs = {id(p): float(group["lr"]) / float(group.get("initial_lr", group["lr"]) or 1.0)
+               for group in getattr(optimizer, "param_groups", []) for p in group["params"]}
         missing = [n for n in self.layer_names if id(self.latent(n)) not in lrs]
         if missing:
             raise RuntimeError(f"constraint_step='decoupled' needs the weight optimizer of the "
