@@ -4,8 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-# Measured on 2 CPU cores (see README, "Performance"): keeping freed blocks inside glibc's malloc
-# (instead of handing them back to the OS every step) makes evaluation ~2x faster.
+# Keeping freed blocks inside glibc's malloc (instead of handing them back to the OS every step)
+# makes evaluation much faster (docs/performance.md, "Memory allocator").
 export MALLOC_MMAP_THRESHOLD_ ?= 17179869184
 export MALLOC_TRIM_THRESHOLD_ ?= 17179869184
 # never wait for a W&B account: offline unless the caller says otherwise

@@ -42,7 +42,7 @@ from cbpqsnn.builders import build_module  # noqa: E402
 
 ROWS = ["tsslbp_cifar10", "stbp_cifar10", "stbp_cifar100", "sg_dvs128_gesture", "sg_cifar10dvs",
         "calib_cifar10", "calib_cifar100", "stbp_cifar10_cpu"]
-# official split sizes (train, test), see ../shared/design/data.md
+# official split sizes (train, test); CIFAR10-DVS: 900 / 100 recordings per class (conf/data/cifar10dvs.yaml)
 SPLITS = {"cifar10": (50_000, 10_000), "cifar100": (50_000, 10_000),
           "dvs128_gesture": (1_176, 288), "cifar10dvs": (9_000, 1_000)}
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "dvs128_gesture": 11, "cifar10dvs": 10}

@@ -87,9 +87,9 @@ class Budget:
     fit_steps: int = 40
 
 
-# About 65 minutes for the seven rows on 2 CPU cores, fixed-batch fits and evaluation included;
-# the two PyTorch-init comparison rows add about 15 (run them with --rows). A training step of the
-# heavy rows takes seconds here (7Conv3FC at T = 8: about 50 GFLOP per image; TSSL-BP's net at
+# The seven rows run in about an hour on 2 CPU cores, fixed-batch fits and evaluation included
+# (docs/paper-rows.md); the two PyTorch-init comparison rows run with --rows. A training step of the
+# heavy rows takes seconds on a CPU (7Conv3FC at T = 8: about 50 GFLOP per image; TSSL-BP's net at
 # T = 5: about 18; the SEW nets at 128 x 128 x 16 frames), so they run smaller batches than published -- the
 # optimizer, its learning rate, the network, neuron, loss and everything else are the row's -- to
 # fit more steps in the budget.
@@ -129,8 +129,8 @@ BUDGETS: dict[str, Budget] = {
     # an easy task?
     "tsslbp_cifar10@width8+mnist5k": Budget(minutes=15, batch=None),
     # ... at 8x the LR (2e-4 -> 1.6e-3): at width / N the hidden layers move less per step at the
-    # same LR (see row_config; measured 2-3x less at width / 8 by width_step.py), so earlier
-    # @widthN runs may have trained too slowly; 8x is an upper bound on the difference
+    # same LR (see row_config; width_step.py measures by how much), so @widthN runs may train
+    # too slowly; 8x is an upper bound on the difference
     "tsslbp_cifar10@width8+lrx8": Budget(minutes=20, batch=None, test=1000),
     "stbp_cifar10@width16+lrx16": Budget(minutes=20, batch=None, test=1000),
     # ... with TSSL-BP's later backward (method.module.backward=tssl_rising)
@@ -240,8 +240,7 @@ def row_config(row: str, data_dir: Path) -> DictConfig:
         # ``widthN+lrxN``: the LR times N. Under the standard parametrization a layer with N
         # times fewer inputs moves its pre-activations less per step at the same LR (the change
         # of u = sum_i w_i x_i adds up over the fan-in), so ``widthN`` alone is partly the full
-        # net at a smaller LR. Measured (``width_step.py``): not N times less -- at width / 8
-        # TSSL-BP's hidden layers move 2-3x less than at full width, at width / 16 STBP's 1-5x --
+        # net at a smaller LR. Measured with ``width_step.py``: not N times less (docs/notes.md),
         # so ``lrxN`` over-compensates; a bound, not a match (the first layer, whose fan-in did
         # not shrink, moves N times faster than at full width)
         with open_dict(cfg):

@@ -11,7 +11,7 @@ alternating ``--rounds`` fits of ``--batches`` timed steps each in one process. 
 step of each, its ratio to the first value's, and each copy's loss on the first batch after the
 last fit (the same batches from the same init: how far the setting moves training).
 
-Measured with it (README Performance):
+Measured with it (docs/performance.md):
 
 - ``trainer.precision=32-true,bf16-mixed``: bf16 autocast runs the convolutions and linear layers
   in bfloat16 (fast on CPUs with AMX or AVX512-BF16, slow where it is emulated); the neurons keep

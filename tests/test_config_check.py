@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hydra import compose as hydra_compose
 from hydra import initialize_config_dir
 from omegaconf import OmegaConf
@@ -109,7 +110,7 @@ def test_a_missing_data_folder_is_named_unless_the_loader_may_download():
 
 def test_stages_that_do_not_run_are_not_checked(tmp_path):
     ckpt = tmp_path / "fp32.ckpt"
-    ckpt.write_bytes(b"")
+    torch.save({}, ckpt)
     check_config(compose(["quant=fp32", "method.cbp.epochs=0"]))  # no CBP stage
     check_config(compose([f"pretrained={ckpt}", "method.pretrain.epochs=0"]))  # no pretraining
 
@@ -190,7 +191,7 @@ def expand(override: str, placeholder: str) -> list[str]:
 
 def test_every_readme_command_and_key_composes_and_passes_the_check(tmp_path):
     placeholder = str(tmp_path / "fp32.ckpt")
-    (tmp_path / "fp32.ckpt").write_bytes(b"")
+    torch.save({}, tmp_path / "fp32.ckpt")
     commands = readme_commands()
     inline = readme_inline_overrides()
     assert len(commands) >= 10 and len(inline) >= 10, (commands, inline)
@@ -245,7 +246,7 @@ def test_a_bad_factor_list_is_refused(levels, expected):
 
 def test_resume_continues_the_fp32_stage_alone_or_the_cbp_stage_with_pretrained(tmp_path):
     ckpt = tmp_path / "cbp.ckpt"
-    ckpt.write_bytes(b"")
+    torch.save({}, ckpt)
     check_config(compose([f"resume={ckpt}"]))  # an interrupted FP32 stage (its fp32.ckpt)
     assert "needs a run with a fine-tuning stage" in rejected([f"resume={ckpt}", f"pretrained={ckpt}",
                                                                "quant=fp32"])

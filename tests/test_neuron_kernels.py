@@ -21,7 +21,7 @@ def outputs_and_gradients(neuron, x, weights):
 
 # One case per compiled kernel pair, each with the reset NOT detached (the longest backward) and
 # an initial condition the other paths never reach (v_reset != 0); float64, so a wrong term shows.
-# Compiling costs about 10 s per kernel on 2 cores: two neurons, four kernels.
+# Compiling takes seconds per kernel (docs/performance.md): two neurons, four kernels.
 CASES = {
     "stbp_lif": lambda: STBPLIF(v_threshold=0.5, decay=0.25, surrogate=Rectangular(1.0)),
     "plif": lambda: ParametricLIF(tau0=3.0, learnable=True, v_reset=0.3, surrogate=Sigmoid(4.0),
@@ -105,7 +105,7 @@ def test_a_backbone_runs_its_neurons_with_the_kernels_it_is_given_compiling_each
 
 def test_the_time_loops_compile_with_the_cpu_fusion_cap_and_other_devices_with_defaults(monkeypatch):
     """The four time-loop kernels carry ``TIME_LOOP_OPTIONS`` (at most 8 nodes per fused CPU kernel:
-    0.39-0.83x the default's time, README Performance); each device type compiles its own variant
+    faster than the default, docs/performance.md); each device type compiles its own variant
     with its own options; the pools keep Inductor's defaults."""
     from cbpqsnn.neurons import kernels
 

@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from cbpqsnn.config_check import frames_mismatch
 from cbpqsnn.methods.base import SpikingClassifier
+from cbpqsnn.stopping import StopOnSigterm
 
 
 def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
@@ -37,7 +38,7 @@ def make_trainer(cfg: DictConfig, run_dir: Path, stage: str, max_epochs: int,
                  use_distributed_sampler: bool = True) -> L.Trainer:
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     progress = trainer_cfg.pop("enable_progress_bar", True)
-    callbacks = list(callbacks)
+    callbacks = [*callbacks, StopOnSigterm()]
     if progress:
         callbacks.append(RichProgressBar(leave=False))
     return L.Trainer(

@@ -1,12 +1,58 @@
-"""Loading a pretrained FP32 checkpoint into a freshly built backbone, with clear errors."""
+"""Reading checkpoints safely and loading a pretrained FP32 checkpoint into a freshly built
+backbone, with clear errors.
+
+Every checkpoint is read with ``torch.load(weights_only=True)``: tensors, containers and plain
+values only, so a file from someone else cannot run code when it is unpickled. The checkpoints
+this project writes (Lightning's ``fp32.ckpt`` / ``cbp.ckpt``: plain hyper-parameters, optimizer,
+scheduler and callback states) need no type allow-listed; Lightning's own resume
+(``trainer.fit(ckpt_path=...)``) is called with ``weights_only=True`` too.
+"""
 
 from __future__ import annotations
 
+import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+WRITTEN_BY = "a file written by torch.save, e.g. checkpoints/fp32.ckpt of a run folder"
+
+
+def not_a_checkpoint(path: str | Path) -> str | None:
+    """Why ``path`` is not a checkpoint at a glance (no such file; not torch.save's zip archive),
+    or None. Cheap: reads the archive's index only."""
+    path = Path(path)
+    if not path.is_file():
+        return "no such file"
+    if not zipfile.is_zipfile(path):
+        return f"not a checkpoint ({WRITTEN_BY})"
+    return None
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    """The object saved in ``path``, read with ``weights_only=True`` onto the CPU. Raises
+    ``ValueError`` saying plainly when the file is not a checkpoint, is damaged, or holds objects
+    other than tensors and plain values (which are not unpickled: that could run code)."""
+    path = Path(path)
+    problem = not_a_checkpoint(path)
+    if problem:
+        raise ValueError(f"{path}: {problem}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise ValueError(
+            f"{path} holds objects other than tensors and plain values{what}; it is not loaded, "
+            "since unpickling them could run code. This project's checkpoints hold none: use one "
+            "written by src/train.py, or a plain state_dict saved with torch.save") from None
+    except Exception as err:  # noqa: BLE001 - a truncated or damaged archive fails in many ways
+        raise ValueError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
+                         "truncated or damaged? copy it again") from err
 
 
 def _describe(hparams: dict[str, Any]) -> str:
@@ -26,10 +72,7 @@ def load_pretrained(module: nn.Module, path: str | Path) -> None:
             f"pretrained checkpoint not found: {path}. Pass pretrained=<path to an FP32 checkpoint>, "
             "e.g. logs/runs/<date>/<run>/checkpoints/fp32.ckpt, or drop the option to pretrain."
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - report any unreadable file the same way
-        raise ValueError(f"cannot read pretrained checkpoint {path}: {err}") from err
+    checkpoint = read_checkpoint(path)
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} is not a Lightning checkpoint or a state_dict of tensors")
@@ -60,13 +103,15 @@ def load_pretrained(module: nn.Module, path: str | Path) -> None:
 
 
 def check_stage_checkpoint(path: str | Path, stage: str) -> None:
-    """Before ``resume=path`` continues ``stage``: a CBP-stage checkpoint (latent weights under a
-    parametrization) cannot continue the FP32 stage; say what to write instead."""
-    if stage != "pretrain":
-        return
-    checkpoint = torch.load(Path(path), map_location="cpu", weights_only=False)
-    state = checkpoint.get("state_dict", {}) if isinstance(checkpoint, dict) else {}
-    if any(".parametrizations." in k for k in state):
+    """Before ``resume=path`` continues ``stage``: it must be a Lightning checkpoint, and a
+    CBP-stage checkpoint (latent weights under a parametrization) cannot continue the FP32 stage;
+    say what to write instead."""
+    checkpoint = read_checkpoint(path)
+    if not isinstance(checkpoint, dict) or "loops" not in checkpoint:
+        raise ValueError(f"resume={path} is not a Lightning checkpoint of a stage (checkpoints/"
+                         "fp32.ckpt or checkpoints/cbp.ckpt of the run folder that was stopped)")
+    state = checkpoint.get("state_dict", {})
+    if stage == "pretrain" and any(".parametrizations." in k for k in state):
         raise ValueError(
             f"resume={path} is a CBP-stage checkpoint (cbp.ckpt); to continue that stage give "
             "pretrained=<the FP32 checkpoint it started from> too. Without pretrained=, resume= "

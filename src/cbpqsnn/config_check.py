@@ -22,6 +22,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import lightning as L
 from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
+from cbpqsnn.checkpoints import not_a_checkpoint
 from cbpqsnn.deploy.metrics import ENERGY_KEYS
 from cbpqsnn.neurons.kernels import KERNELS
 from cbpqsnn.quant.baselines import ALGORITHMS, check_algorithm
@@ -45,6 +47,7 @@ from cbpqsnn.quant.levels import SCALES, level_factors
 TOP_KEYS = ("seed", "T", "pretrained", "resume", "row", "run_name", "variant", "paths", "data",
             "model", "method", "quant", "trainer", "logger", "hardware")
 VARIANT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+MAX_SEED = 2**32 - 1  # numpy's seed range (Lightning's seed_everything)
 HARDWARE_KEYS = ("samples", "energy_pj")
 METHOD_KEYS = ("name", "module", "pretrain", "cbp")
 DATA_KEYS = ("name", "datamodule")
@@ -98,6 +101,8 @@ def check_config(cfg: DictConfig) -> None:
     if quantize:
         _check_cbp_callback(problems, (method.get("cbp") or {}).get("callback") or {})
     _check_time_steps(problems, container)
+    if "seed" in container:
+        _check_seed(problems, container["seed"])
     _check_trainer(problems, container.get("trainer") or {})
     _check_logger(problems, container.get("logger") or {})
     if container.get("resume") and container.get("pretrained") and not (quantize or fine_tune):
@@ -111,6 +116,8 @@ def check_config(cfg: DictConfig) -> None:
         path = container.get(key)
         if path and not Path(str(path)).is_file():
             problems.append(f"{key}={path}: no such file (give the path of a .ckpt file)")
+        elif path and not_a_checkpoint(path):
+            problems.append(f"{key}={path}: {not_a_checkpoint(path)}")
     if problems:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(problems))
 
@@ -242,7 +249,29 @@ def _check_quant(problems: list[str], quant: Mapping[str, Any]) -> tuple[bool, b
             check_algorithm(algorithm, factors)
         except ValueError as err:
             problems.append(str(err))
+    _check_level_set_name(problems, quant.get("name"), factors)
     return True, False
+
+
+def _check_level_set_name(problems: list[str], name: Any, factors: tuple[float, ...]) -> None:
+    """The run folder, ``summary.json`` and the report call a run by ``quant.name``: a name that
+    is a level set (binary, ternary, ..., intN) must be that set, not the ``quant.levels`` of an
+    override such as ``quant.levels=[-1,0.5,1]`` on the default ``quant=binary``."""
+    if not VARIANT_NAME.fullmatch(str(name)):
+        problems.append(f"quant.name={name}: a level-set name is letters, digits, _ and - only "
+                        "(it names the run folder)")
+        return
+    try:
+        named = level_factors(str(name))
+    except ValueError:
+        return  # a name of the user's own (e.g. custom3): nothing to contradict
+    if named != factors:
+        problems.append(
+            f"quant.levels={list(factors)} is not the level set quant.name={name} ({list(named)}), "
+            f"so the run folder, summary.json and the report would file it under {name}: name the "
+            f"set you train, e.g. quant.name=custom{len(factors)} next to quant.levels=..., or make "
+            "it a level set of its own, conf/quant/<name>.yaml with name: <name> and levels: [...] "
+            "(a copy of conf/quant/ternary.yaml), then quant=<name>")
 
 
 def _check_hardware(problems: list[str], hardware: Mapping[str, Any]) -> None:
@@ -316,7 +345,27 @@ def frames_mismatch(frames: Any, T: Any) -> str:
             "train on a subset of the frames use method.module.train_time_steps)")
 
 
+def _check_seed(problems: list[str], seed: Any) -> None:
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+        problems.append(f"seed={seed!r}: must be an integer from 0 to {MAX_SEED} (e.g. seed=1)")
+
+
+def precision_choices() -> tuple[str, ...]:
+    """Every value ``lightning.Trainer(precision=...)`` accepts, as strings (from its signature)."""
+    def literals(annotation: Any) -> list[Any]:
+        args = typing.get_args(annotation)
+        if typing.get_origin(annotation) is typing.Literal:
+            return list(args)
+        return [v for a in args for v in literals(a)]
+
+    annotation = inspect.signature(L.Trainer).parameters["precision"].annotation
+    return tuple(dict.fromkeys(str(v) for v in literals(annotation)))
+
+
 def _check_trainer(problems: list[str], trainer: Mapping[str, Any]) -> None:
+    if trainer.get("precision") is not None and str(trainer["precision"]) not in precision_choices():
+        problems.append(f"trainer.precision={trainer['precision']!r}: valid choices: "
+                        f"{', '.join(precision_choices())}")
     names, _ = _parameters(L.Trainer)
     for key in trainer:
         if key in TRAINER_SET_BY_PIPELINE:

@@ -42,7 +42,7 @@ class FiringRateMonitor(L.Callback):
     ``rate/<layer>`` (CSV, W&B). When a layer has fired no spike on any of the first ``patience``
     measured batches it warns once per stage, naming the layers: a layer whose input is silent
     gets no weight gradient, so nothing above a silent layer learns (the STBP paper rows at the
-    authors' init are silent from their fourth layer: README, "Do the paper rows learn?")."""
+    authors' init start silent from their fourth layer: docs/paper-rows.md)."""
 
     def __init__(self, stage: str, patience: int = 10) -> None:
         self.stage = stage

@@ -1,7 +1,12 @@
-"""Loggers for one stage of a run: CSV always; W&B offline by default, online by one override."""
+"""Loggers for one stage of a run: CSV always; W&B offline by default, online by one override.
+
+A W&B run that cannot start (online without an API key, no network) stops the run before its
+stage trains, with :class:`LoggerError` naming the other choices; closing W&B runs never raises
+(a failure there is reported as a warning, so it cannot mask the error that ended a stage)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +15,13 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from omegaconf import DictConfig, OmegaConf
 
 WANDB_MODES = ("offline", "online", "disabled")
+OTHER_CHOICES = ("log offline instead (WANDB_MODE=offline; `wandb sync` uploads the run later) or to "
+                 "CSV only (logger=csv); online needs `wandb login` or WANDB_API_KEY")
+log = logging.getLogger(__name__)
+
+
+class LoggerError(RuntimeError):
+    """A logger the config asks for could not start; the message says what to choose instead."""
 
 
 def run_tags(cfg: DictConfig) -> list[str]:
@@ -47,8 +59,14 @@ def make_loggers(cfg: DictConfig, run_dir: Path, stage: str) -> list[Logger]:
     if mode is not None:
         from lightning.pytorch.loggers import WandbLogger
 
-        loggers.append(WandbLogger(mode=mode, save_dir=str(run_dir),
-                                   **_wandb_run_args(cfg, stage)))
+        wandb_logger = WandbLogger(mode=mode, save_dir=str(run_dir), **_wandb_run_args(cfg, stage))
+        try:
+            _ = wandb_logger.experiment  # start the W&B run now (rank 0), not inside trainer.fit
+        except Exception as err:  # noqa: BLE001 - W&B fails in many ways (key, network, server)
+            finish_loggers(loggers)
+            raise LoggerError(f"W&B ({mode}) could not start: {type(err).__name__}: {str(err).rstrip('.')}. "
+                              f"Either {OTHER_CHOICES}") from err
+        loggers.append(wandb_logger)
     return loggers
 
 
@@ -65,21 +83,32 @@ def log_result(cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> None:
 
     args = _wandb_run_args(cfg, "result")
     args["config"] = {**args["config"], "row": cfg.row, "level_set": cfg.quant.name,
-                      "algorithm": cfg.quant.algorithm, "variant": cfg.get("variant"),
-                      "seed": int(cfg.seed), "environment": summary.get("environment")}
-    run = wandb.init(mode=mode, dir=str(run_dir), **args)
+                      "levels": summary.get("levels"), "algorithm": cfg.quant.algorithm,
+                      "variant": cfg.get("variant"), "seed": int(cfg.seed),
+                      "environment": summary.get("environment")}
     try:
-        run.summary.update({k: v for k, v in summary.items()
-                            if isinstance(v, (int, float, str, bool)) or v is None})
-    finally:
-        run.finish()
+        run = wandb.init(mode=mode, dir=str(run_dir), **args)
+        try:
+            run.summary.update({k: v for k, v in summary.items()
+                                if isinstance(v, (int, float, str, bool)) or v is None})
+        finally:
+            run.finish()
+    except Exception as err:  # noqa: BLE001 - summary.json is written; W&B only mirrors it
+        log.warning("W&B did not receive the result (%s: %s); summary.json holds it. Next time %s",
+                    type(err).__name__, err, OTHER_CHOICES)
 
 
 def finish_loggers(loggers: list[Logger]) -> None:
-    """Close the stage's W&B run so the next stage (or multirun job) starts a fresh one."""
+    """Close the stage's W&B run so the next stage (or multirun job) starts a fresh one. Only a
+    run that started is closed, and a failure is a warning: this runs in a ``finally`` block,
+    where raising would mask the error that ended the stage."""
     for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
-            logger.experiment.finish()
+        run = getattr(logger, "_experiment", None)
+        if type(logger).__name__ == "WandbLogger" and run is not None:
+            try:
+                run.finish()
+            except Exception as err:  # noqa: BLE001
+                log.warning("W&B run did not close cleanly (%s: %s)", type(err).__name__, err)
 
 
 def flat_config(cfg: DictConfig) -> dict[str, Any]:

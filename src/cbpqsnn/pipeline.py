@@ -41,17 +41,19 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from cbpqsnn.builders import build_datamodule, build_module, evaluate, has_validation_split, make_trainer
 from cbpqsnn.checkpoints import check_stage_checkpoint, load_pretrained
-from cbpqsnn.config_check import check_config
 from cbpqsnn.deploy.artifacts import network_levels, write_deployment
 from cbpqsnn.deploy.metrics import first_test_inputs, hardware_metrics
 from cbpqsnn.guards import FiniteLossGuard, FiringRateMonitor
 from cbpqsnn.loggers import finish_loggers, log_result, make_loggers
+from cbpqsnn.preflight import check_run
 from cbpqsnn.quant.callback import FP32_ALGORITHMS, FP32_FINETUNE, CBPCallback
 from cbpqsnn.quant.export import pack_state_dict, packed_payload_bytes
+from cbpqsnn.quant.levels import level_factors
 from cbpqsnn.quant.memory import weight_memory
 
 
@@ -60,10 +62,24 @@ def _set_batch_size(datamodule: L.LightningDataModule, batch_size: int | None) -
         datamodule.batch_size = int(batch_size)
 
 
+class RunInterrupted(Exception):
+    """A stage stopped by Ctrl-C (SIGINT) or SIGTERM. ``resume``: the overrides that continue the
+    run from the stage's last epoch-end checkpoint, or from the finished pretraining when no epoch
+    of the CBP stage had finished (``None``: nothing to continue from)."""
+
+    def __init__(self, signal: str, stage: str, resume: list[str] | None) -> None:
+        self.signal, self.stage, self.resume = signal, stage, resume
+        saved = ("its last finished epoch is saved" if resume and resume[-1].startswith("resume=")
+                 else "no epoch of it had finished")
+        super().__init__(f"stopped by {signal} during the {stage} stage; {saved}")
+
+
 def _fit_stage(cfg: DictConfig, run_dir: Path, stage: str, module: L.LightningModule,
                datamodule: L.LightningDataModule, stage_cfg: DictConfig,
                extra_callbacks: list[L.Callback], ckpt_name: str,
-               ckpt_path: str | None = None) -> None:
+               ckpt_path: str | None = None, resume_with: tuple[str, ...] = ()) -> str:
+    """Train one stage; returns the precision it ran at. ``resume_with``: the overrides that go
+    with ``resume=<this stage's checkpoint>`` in the command that continues an interrupted stage."""
     _set_batch_size(datamodule, stage_cfg.get("batch_size"))
     optimizer = instantiate(stage_cfg.optimizer)
     scheduler = instantiate(stage_cfg.scheduler) if stage_cfg.get("scheduler") else None
@@ -72,15 +88,25 @@ def _fit_stage(cfg: DictConfig, run_dir: Path, stage: str, module: L.LightningMo
                                  save_top_k=1, monitor=None, save_on_train_epoch_end=True,
                                  enable_version_counter=False)
     loggers = make_loggers(cfg, run_dir, stage)
+    trainer = None
     try:
         trainer = make_trainer(cfg, run_dir, stage, int(stage_cfg.epochs),
                                [*extra_callbacks, FiniteLossGuard(stage), FiringRateMonitor(stage),
                                 checkpoint], loggers,
                                stage_cfg.get("gradient_clip_val"),
                                stage_cfg.get("gradient_clip_algorithm"))
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except (KeyboardInterrupt, SystemExit) as stop:  # Lightning: sys.exit(1) after Ctrl-C,
+        if trainer is None or not trainer.interrupted:  # SIGTERMException after SIGTERM
+            raise
+        saved = run_dir / "checkpoints" / f"{ckpt_name}.ckpt"
+        last = str(saved) if saved.is_file() else ckpt_path
+        signal = "SIGTERM" if isinstance(stop, SIGTERMException) else "Ctrl-C (SIGINT)"
+        resume = [*resume_with, f"resume={last}"] if last else list(resume_with) or None
+        raise RunInterrupted(signal, stage, resume) from None
     finally:
         finish_loggers(loggers)
+    return str(trainer.precision)
 
 
 def make_cbp_callback(cfg: DictConfig) -> CBPCallback:
@@ -91,10 +117,11 @@ def make_cbp_callback(cfg: DictConfig) -> CBPCallback:
 
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Run the whole pipeline for a composed config; returns the summary written to disk.
-    The config is checked first (:func:`check_config`): a bad key or value fails here, before
-    any data is read."""
+    The config and the devices are checked first (:func:`cbpqsnn.preflight.check_run`; ``src/train.py``
+    checks the data too, before Hydra makes the run folder): a bad key or value fails here, before
+    any data is read. Ctrl-C or SIGTERM during a stage raises :class:`RunInterrupted`."""
     start = time.time()
-    check_config(cfg)
+    check_run(cfg, data=False)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     quantize = cfg.quant.algorithm not in FP32_ALGORITHMS
@@ -105,14 +132,18 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     # -- stage 1: FP32 pretraining (or a given checkpoint)
     module.prepare_stage("pretrain", datamodule)
-    if cfg.get("resume"):
-        check_stage_checkpoint(cfg.resume, "cbp" if cfg.get("pretrained") else "pretrain")
+    # resume= continues the CBP stage when the FP32 weights are given (pretrained=), else pretraining
+    resume_stage = ("cbp" if cfg.get("pretrained") else "pretrain") if cfg.get("resume") else None
+    if resume_stage:
+        check_stage_checkpoint(cfg.resume, resume_stage)
+    cbp_resume = cfg.resume if resume_stage == "cbp" else None
+    precision = str(cfg.trainer.precision)  # what evaluation runs at, unless a stage trains
     if cfg.get("pretrained"):
         load_pretrained(module, cfg.pretrained)
         fp32_ckpt, epochs_pretrain = str(cfg.pretrained), 0
     else:
-        _fit_stage(cfg, run_dir, "pretrain", module, datamodule, cfg.method.pretrain, [], "fp32",
-                   ckpt_path=cfg.get("resume"))
+        precision = _fit_stage(cfg, run_dir, "pretrain", module, datamodule, cfg.method.pretrain, [],
+                               "fp32", ckpt_path=cfg.get("resume"))
         fp32_ckpt = str(run_dir / "checkpoints" / "fp32.ckpt")
         epochs_pretrain = int(cfg.method.pretrain.epochs)
     method_summary = module.prepare_stage("cbp", datamodule)
@@ -125,6 +156,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "row": cfg.row, "method": cfg.method.name, "data": cfg.data.name, "model": cfg.model.name,
         "quant": cfg.quant.name, "algorithm": cfg.quant.algorithm, "variant": cfg.get("variant"),
+        "levels": list(level_factors(cfg.quant.levels)) if quantize else None,
         "seed": int(cfg.seed), "fp32_acc": fp32_acc, "fp32_val_acc": fp32_val_acc,
         "epochs_pretrain": epochs_pretrain, "resumed_from": cfg.get("resume"),
         "fp32_checkpoint": fp32_ckpt,
@@ -133,8 +165,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if not quantize:
         final_acc, epochs, stage_ckpt = fp32_acc, 0, None
         if cfg.quant.algorithm == FP32_FINETUNE:  # the fine-tuning stage, nothing quantized
-            _fit_stage(cfg, run_dir, "cbp", module, datamodule, cfg.method.cbp, [], "cbp",
-                       ckpt_path=cfg.get("resume"))
+            precision = _fit_stage(cfg, run_dir, "cbp", module, datamodule, cfg.method.cbp, [], "cbp",
+                                   ckpt_path=cbp_resume, resume_with=(f"pretrained={fp32_ckpt}",))
             final_acc = evaluate(cfg, run_dir, module, datamodule)
             epochs, stage_ckpt = int(cfg.method.cbp.epochs), str(run_dir / "checkpoints" / "cbp.ckpt")
         summary.update(quant_acc=final_acc, acc_delta=final_acc - fp32_acc, latent_acc=final_acc,
@@ -148,8 +180,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         cbp = make_cbp_callback(cfg)
         fine_tune = cfg.quant.algorithm != "ptq"
         if fine_tune:
-            _fit_stage(cfg, run_dir, "cbp", module, datamodule, cfg.method.cbp, [cbp], "cbp",
-                       ckpt_path=cfg.get("resume"))
+            precision = _fit_stage(cfg, run_dir, "cbp", module, datamodule, cfg.method.cbp, [cbp],
+                                   "cbp", ckpt_path=cbp_resume,
+                                   resume_with=(f"pretrained={fp32_ckpt}",))
             with cbp.latent_weights():
                 latent_acc = evaluate(cfg, run_dir, module, datamodule)
         else:
@@ -183,6 +216,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     final = hardware.get("quantized", hardware["fp32"])  # the network the run leaves behind
     summary.update(synops=final["synops"], energy_uj_fp32=hardware["fp32"]["energy_uj"],
                    energy_uj=final["energy_uj"], hardware=hardware)
+    summary["precision"] = precision  # as Lightning ran it (the last stage that trained)
     summary["wall_time_s"] = time.time() - start
     summary["environment"] = run_environment()
     text = json.dumps(summary, indent=2)

@@ -232,9 +232,9 @@ def write_tables(table: list[dict[str, Any]], out_dir: Path,
 
 
 def _layer_weights(path: Path, layers: list[str]) -> list[float]:
-    import torch
+    from cbpqsnn.checkpoints import read_checkpoint
 
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = read_checkpoint(path)
     state = state.get("state_dict", state)
     values = []
     for layer in layers:
@@ -347,11 +347,12 @@ def _traces(runs: list[tuple[Path, dict[str, Any]]], out_dir: Path) -> Path:
     quantized weights within a tenth of the scale of their level, against the optimizer step."""
     import matplotlib.pyplot as plt
 
-    fig, (ax_cfs, ax_near) = plt.subplots(1, 2, figsize=(10, 4))
-    for run_dir, s in sorted(runs, key=lambda r: r[0].name):
+    fig, (ax_cfs, ax_near) = plt.subplots(1, 2, figsize=(11, 4.5))
+    colors = plt.get_cmap("tab20" if len(runs) > 10 else "tab10").colors
+    for (run_dir, s), color in zip(sorted(runs, key=lambda r: r[0].name), colors * len(runs), strict=False):
         trace = s["trace"]
-        line, = ax_cfs.plot(trace["step"], trace["cfs"], label=run_dir.name)
-        ax_near.plot(trace["step"], trace["near"], color=line.get_color(), label=run_dir.name)
+        ax_cfs.plot(trace["step"], trace["cfs"], color=color, label=run_dir.name)
+        ax_near.plot(trace["step"], trace["near"], color=color, label=run_dir.name)
     ax_cfs.set(xlabel="fine-tuning step", ylabel="CFS", yscale="log")
     ax_near.set(xlabel="fine-tuning step", ylabel="fraction within a/10 of a level", ylim=(0, 1))
     ax_near.legend(fontsize=6)

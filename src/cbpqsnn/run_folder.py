@@ -24,7 +24,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cbpqsnn.builders import build_datamodule, build_module, evaluate
-from cbpqsnn.checkpoints import load_pretrained
+from cbpqsnn.checkpoints import load_pretrained, read_checkpoint
 from cbpqsnn.quant.callback import FP32_ALGORITHMS, FP32_FINETUNE
 from cbpqsnn.quant.export import unpack_state_dict
 
@@ -119,10 +119,7 @@ def load_weights(module: torch.nn.Module, run_dir: str | Path, weights: str,
     if weights == "fp32":
         load_pretrained(module, path)
         return path
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - report any unreadable file the same way
-        raise ValueError(f"cannot read {path}: {err}") from err
+    payload = read_checkpoint(path)  # weights only; says plainly what a foreign file is
     if weights == "packed":
         try:
             state = unpack_state_dict(payload)

@@ -102,7 +102,7 @@ def test_the_md5_check_still_rejects_files_that_are_not_the_official_ones(tmp_pa
     make_cifar10_batches(tmp_path, per_batch=2, test_size=2)  # the real md5 lists, unpatched
     with pytest.raises(CorruptSampleError, match="data_batch_1") as err:
         CIFARDataModule(root=tmp_path).setup()
-    assert "md5" in str(err.value) and "data.download=true" in str(err.value)
+    assert "md5" in str(err.value) and "data.datamodule.download=true" in str(err.value)
 
 
 def test_a_truncated_batch_file_is_an_error_naming_it(cifar10_batches):
@@ -117,7 +117,7 @@ def test_missing_cifar_names_both_layouts_and_the_download_option(tmp_path):
         CIFARDataModule(root=tmp_path).setup()
     message = str(err.value)
     assert str(tmp_path / "cifar-10-batches-py") in message and "data_batch_1" in message
-    assert str(tmp_path / "cifar10-jpeg") in message and "data.download=true" in message
+    assert str(tmp_path / "cifar10-jpeg") in message and "data.datamodule.download=true" in message
     (tmp_path / "cifar-10-batches-py").mkdir()
     (tmp_path / "cifar-10-batches-py" / "data_batch_1").write_bytes(b"")
     with pytest.raises(MissingDataError, match="missing: data_batch_2"):

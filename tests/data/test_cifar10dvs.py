@@ -67,7 +67,7 @@ def test_missing_cifar10dvs_names_the_folder_the_files_and_the_download_option(t
         _module(tmp_path)
     message = str(err.value)
     assert str(tmp_path / "CIFAR10DVS" / "airplane") in message
-    assert "*.aedat4" in message and "data.download=true" in message
+    assert "*.aedat4" in message and "data.datamodule.download=true" in message
 
 
 def test_a_truncated_aedat4_is_an_error_naming_the_file(tmp_path):

@@ -52,7 +52,7 @@ def test_missing_dvs_gesture_names_the_folder_the_files_and_the_download_option(
         dm.setup()
     message = str(err.value)
     assert str(tmp_path / "DVSGesture" / "ibmGestureTrain") in message
-    assert "user<NN>_<lighting>/<label>.npy" in message and "data.download=true" in message
+    assert "user<NN>_<lighting>/<label>.npy" in message and "data.datamodule.download=true" in message
 
 
 def test_a_truncated_npy_is_an_error_naming_the_file(fake):

@@ -92,7 +92,7 @@ def test_missing_nmnist_names_the_folder_the_files_and_the_download_option(tmp_p
         _module(tmp_path / "nowhere")
     message = str(err.value)
     assert str(tmp_path / "nowhere" / "NMNIST" / "Train") in message
-    assert "<digit>/<id>.bin" in message and "data.download=true" in message
+    assert "<digit>/<id>.bin" in message and "data.datamodule.download=true" in message
 
 
 def test_a_truncated_recording_is_an_error_naming_the_file(fake):

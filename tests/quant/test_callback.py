@@ -162,6 +162,27 @@ def test_decoupled_constraint_step_needs_the_quantized_weights_in_the_optimizer(
         CBPCallback(constraint_step="decoupeld")
 
 
+class AdamMLP(MLP):
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+@pytest.mark.parametrize("step", ["coupled", "decoupled"])
+def test_under_adam_only_the_decoupled_step_lets_the_multiplier_set_the_pull(tmp_path, step):
+    """Adam divides the coupled constraint gradient by its own size, so a 1000x larger multiplier
+    pulls no faster; the decoupled step moves the weights by lambda itself (docs/algorithm.md
+    section 6)."""
+    final = {}
+    for lr in (1e-6, 1e-3):
+        torch.manual_seed(0)
+        module = AdamMLP(lr=1e-3)
+        cbp = CBPCallback(levels="binary", p_max=1, multiplier_lr=lr, constraint_step=step)
+        fit(module, [cbp], 4, tmp_path / f"{step}{lr}")
+        final[lr] = cbp.history["cfs"][-1]
+    ratio = final[1e-6] / final[1e-3]
+    assert ratio > 2 if step == "decoupled" else 0.5 < ratio < 2, final
+
+
 def test_constraint_gradient_reaches_bf16_weights_from_float32_multipliers():
     """Pure half precision: the term is formed in float32 and cast to the weight's dtype."""
     module = pretrained()
@@ -345,7 +366,7 @@ class Recorder(L.Callback):
 
 
 def replay_schedule(lagrangians, p_max):
-    """cbp.md section 6, written again: g after each epoch."""
+    """docs/algorithm.md section 6, written again: g after each epoch."""
     g, p, previous, gs = 1, 0, float("inf"), []
     for value in lagrangians:
         p += 1

@@ -1,5 +1,6 @@
 """CBP under data-parallel training: every rank takes the same schedule decisions, on the
-all-reduced Lagrangian, weighted as cbp.md sums it (every rank's task + constraint)."""
+all-reduced Lagrangian, weighted as docs/algorithm.md section 6 sums it (every rank's task +
+constraint)."""
 
 import os
 import subprocess

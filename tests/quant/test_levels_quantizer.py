@@ -87,7 +87,7 @@ def test_quantizer_returns_the_nearest_level_and_ties_go_up(name):
     w = w[(w[:, None] - mids[None]).abs().min(1).values > 1e-9]
     brute = levels[(w[:, None] - levels[None]).abs().argmin(1)]
     assert torch.equal(quantize(w, levels), brute)
-    # the cbp.md formula q_1 + sum_i (q_{i+1} - q_i) [w >= m_i]
+    # the formula of docs/algorithm.md section 3: q_1 + sum_i (q_{i+1} - q_i) [w >= m_i]
     formula = levels[0] + ((w[:, None] >= mids[None]) * (levels[1:] - levels[:-1])).sum(1)
     assert torch.allclose(quantize(w, levels), formula)
     # exact medians round up

@@ -45,9 +45,9 @@ class AvgPoolConv(nn.Module):
     the pool gets its own neuron, threshold, calibration and rescaling:
     ``y = conv2d(x, W, b, stride=k, groups=C)`` with ``W = 1/k^2`` at build time.
 
-    ``weight`` and ``bias`` are buffers, not parameters: never trained, never quantized (cbp.md
-    section 1), but bias correction shifts ``bias`` and the rescaling to unit thresholds scales
-    ``weight`` (``W <- W V_prev / V``), as for any layer that feeds a neuron.
+    ``weight`` and ``bias`` are buffers, not parameters: never trained, never quantized
+    (docs/algorithm.md section 1), but bias correction shifts ``bias`` and the rescaling to unit
+    thresholds scales ``weight`` (``W <- W V_prev / V``), as for any layer that feeds a neuron.
     """
 
     def __init__(self, channels: int, kernel_size: int) -> None:

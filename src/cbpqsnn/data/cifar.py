@@ -62,7 +62,7 @@ class CIFARDataModule(ClassificationDataModule):
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
         if layout not in LAYOUTS:
-            raise ValueError(f"data.layout must be one of {LAYOUTS}, got {layout!r}")
+            raise ValueError(f"data.datamodule.layout must be one of {LAYOUTS}, got {layout!r}")
         self.name = dataset
         self.torchvision_class, self.num_classes = DATASETS[dataset]
         self.in_shape = (3, self.image_size, self.image_size)
@@ -91,8 +91,9 @@ class CIFARDataModule(ClassificationDataModule):
         raise missing_data_error(
             self.name, self.root,
             f"torchvision's files {self.torchvision_dir}/{{{','.join(self._file_names())}}} "
-            f"(data.layout=torchvision) or class folders {self.folders_dir}/{{train,test}}/<class>/*.jpg "
-            "(data.layout=folders)", "torchvision")
+            f"(data.datamodule.layout=torchvision) or class folders "
+            f"{self.folders_dir}/{{train,test}}/<class>/*.jpg "
+            "(data.datamodule.layout=folders)", "torchvision")
 
     def build_sets(self) -> tuple[CIFAR10 | ImageFolder, CIFAR10 | ImageFolder]:
         train_tf, test_tf = self.transforms
@@ -118,7 +119,7 @@ class CIFARDataModule(ClassificationDataModule):
         return CorruptSampleError(
             f"{self.name}: {', '.join(str(self.torchvision_dir / n) for n in bad) or 'a file'} in "
             f"{self.torchvision_dir} fails torchvision's md5 check (truncated or corrupt): delete it "
-            "and download again (data.download=true)")
+            "and download again (data.datamodule.download=true)")
 
     def _folder_set(self, split: str, which: int) -> ImageFolder | DecodedImageFolder:
         """The split's class folders (``which``: 0 train, 1 test transform), decoded once unless
@@ -127,7 +128,7 @@ class CIFARDataModule(ClassificationDataModule):
         if not folder.is_dir():
             raise missing_data_error(self.name, folder, f"class folders <class>/*.jpg ({split} split of "
                                      f"{self.folders_dir}/{{train,test}}/<class>/*.jpg)", "torchvision "
-                                     "(into torchvision's layout, data.layout=auto)")
+                                     "(into torchvision's layout, data.datamodule.layout=auto)")
         dataset = ImageFolder(str(folder), transform=self.transforms[which], loader=load_rgb)
         if len(dataset.classes) != self.num_classes:
             raise ValueError(f"{folder} holds {len(dataset.classes)} class folders, {self.name} has "

@@ -58,7 +58,7 @@ class CIFAR10DVSDataModule(EventDataModule):
                  file_order: str = "lexicographic", **kwargs) -> None:
         super().__init__(*args, **kwargs)
         if split not in SPLITS:
-            raise ValueError(f"data.split must be one of {SPLITS}, got {split!r}")
+            raise ValueError(f"data.datamodule.split must be one of {SPLITS}, got {split!r}")
         self.split = split
         self.test_per_class = int(test_per_class)
         self.split_seed = int(split_seed)

@@ -13,7 +13,8 @@ from typing import BinaryIO
 
 
 class MissingDataError(FileNotFoundError):
-    """A dataset's files are not where the config says they are (and ``data.download`` is false)."""
+    """A dataset's files are not where the config says they are (and ``data.datamodule.download``
+    is false)."""
 
 
 class CorruptSampleError(RuntimeError):
@@ -22,10 +23,11 @@ class CorruptSampleError(RuntimeError):
 
 def missing_data_error(dataset: str, folder: Path, expected: str, download_via: str) -> MissingDataError:
     """The error every datamodule raises for absent data: where it looked, what it expected to
-    find there, and the option that downloads it."""
+    find there, and the overrides (the real config keys) that point elsewhere or download it."""
     return MissingDataError(
-        f"{dataset} not found in {folder}: expected {expected}. Put the files there (data.root="
-        f"<folder> points elsewhere), or set data.download=true to download them through {download_via}."
+        f"{dataset} not found in {folder}: expected {expected}. Put the files there "
+        f"(data.datamodule.root=<folder> points elsewhere), or set data.datamodule.download=true "
+        f"to download them through {download_via}."
     )
 
 

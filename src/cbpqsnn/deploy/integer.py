@@ -14,8 +14,8 @@ multiplication in the quantized layers. A channel with ``s_c < 0`` has its codes
 TSSL-BP's PSP filters (of the input and of every neuron's spikes) commute with the bias-free
 layers between two neurons: each moves onto the next neuron's accumulated current (a synaptic
 filter, ``synapse_tau_s``), so the quantized layers still accumulate spikes; the ``1.1`` of its
-scaled sum pools joins ``f``. The first layer and the classifier stay FP32 (``cbp.md`` section
-1), as float weights (the BN and ``f`` folded in); the conversion's fixed pooling conv is a sum
+scaled sum pools joins ``f``. The first layer and the classifier stay FP32 (docs/algorithm.md
+section 1), as float weights (the BN and ``f`` folded in); the conversion's fixed pooling conv is a sum
 pool with a per-channel unit.
 
 Bits (:func:`bit_widths`): an accumulator holds at most ``sum |C| x_max`` over a neuron's fan-in

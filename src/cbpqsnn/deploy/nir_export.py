@@ -14,7 +14,7 @@ the project's network:
   ``v_threshold = V_th``, ``v_reset = 0``. Exact.
 - PLIF / LIF of the surrogate-gradient backbone, ``H[t] = V[t-1] + k (X[t] - V[t-1] + V_r)`` with the
   learned ``k = 1/tau``: ``nir.LIF`` with ``tau = dt / k``, ``r = 1`` (gain ``k``), ``v_leak = v_reset
-  = V_r``. Not exact at a tie: PLIF fires at ``H >= V_th``, NIR at ``v > V_th`` (measured: README).
+  = V_r``. Not exact at a tie: PLIF fires at ``H >= V_th``, NIR at ``v > V_th`` (docs/deploying.md).
 - The IF neuron of the converted network (reset by subtraction, spike amplitude ``V_th``, input shift
   ``V_th / 2T``): ``nir.IF`` with ``r = 1``, the threshold, ``v_reset = 0``; the shift is folded into
   the preceding layer's bias and the amplitude into the next layer's weights. **Not exact**: NIR's IF

@@ -153,9 +153,9 @@ class SpikingClassifier(L.LightningModule):
 
         ``memory_format=channels_last``: the feature maps are laid out channels-innermost (values
         unchanged). The convolutions then run channels-last, and so do their outputs, the neurons
-        (the compiled kernels keep any layout, :func:`cbpqsnn.neurons.kernels.flat`) and the pools:
-        a ``stbp_cifar10_cpu`` training step 0.87-0.90x (compiled kernels), 0.78x (eager) on 2 CPU cores
-        (README Performance). The weights keep PyTorch's default layout."""
+        (the compiled kernels keep any layout, :func:`cbpqsnn.neurons.kernels.flat`) and the pools,
+        which CPU kernels vectorize over the channels when they are innermost (the saving:
+        docs/performance.md). The weights keep PyTorch's default layout."""
         if x.dim() == len(self.in_shape) + 2:
             x = x.transpose(0, 1)
             keep = self.train_time_steps

@@ -17,9 +17,8 @@ class _SwitchablePool:
     (set by :func:`~cbpqsnn.neurons.kernels.set_kernels`), else PyTorch's own.
 
     Except a max pool of channels-last maps (``memory_format=channels_last``): PyTorch's own there,
-    vectorized over the channels -- forward and backward of ``[128, 32, 64, 64]`` spikes on 2 CPU
-    cores 133 ms against 258 ms compiled (the compiled average pool stays ahead: 98 vs 118 ms).
-    Both are bitwise the same pool."""
+    vectorized over the channels, was measured faster than the compiled one (the compiled average
+    pool stays ahead; docs/performance.md, "Pools"). Both are bitwise the same pool."""
 
     kind: str
     kernels = "eager"

@@ -12,9 +12,10 @@ a minute on a CPU, worth it for runs of many steps, not for a short one.
 
 Which neurons have compiled kernels: STBP's LIF and SpikingJelly's LIF / PLIF, the neurons with a
 ``kernels`` attribute (``"eager"`` by default; :func:`set_kernels` switches a whole network). The
-pools that follow them (:mod:`cbpqsnn.nets.pools`) switch with them: PyTorch's CPU average and max
-pooling cost a quarter of the ``stbp_cifar10_cpu`` step, compiled about 0.6x of that (the step:
-0.86x), bitwise equal on spikes and on sums of spikes (the tests check forward and gradient).
+pools that follow them (:mod:`cbpqsnn.nets.pools`) switch with them: PyTorch's CPU pooling is a
+large part of a small spiking network's step, and the compiled pools are faster and bitwise equal
+on spikes and on sums of spikes (the tests check forward and gradient; the timings:
+docs/performance.md, "Pools").
 """
 
 from __future__ import annotations
@@ -37,10 +38,9 @@ KERNELS = ("eager", "compiled")
 # Inductor options for the time loops on a CPU. By default Inductor fuses a whole unrolled loop of
 # T steps into one kernel that walks all 3T rows of [T, N] (inputs, spikes, membranes) side by side;
 # capping a fused kernel at 8 nodes splits the loop into kernels of a few steps each, with fewer
-# rows in flight. Same operations, same rounding (bitwise equal, tests/test_neuron_kernels.py);
-# forward + backward of STBP's LIF, both variants compiled in one process, alternating, 2 threads,
-# quiet cores (2026-12-02): [25, 65536] (the mlp workload) 8.11 -> 3.16 ms (0.39x), [8, 524288]
-# 7.31 -> 6.08 ms (0.83x), [4, 2097152] 21.0 -> 15.1 ms (0.72x). Other devices keep the defaults.
+# rows in flight, which runs faster on a CPU at every shape measured (docs/performance.md,
+# "Compiled time loops"). Same operations, same rounding (bitwise equal,
+# tests/test_neuron_kernels.py). Other devices keep the defaults.
 TIME_LOOP_OPTIONS = {"cpu": {"max_fusion_size": 8}}
 
 

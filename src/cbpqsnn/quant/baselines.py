@@ -3,7 +3,7 @@ parametrizations the :class:`~cbpqsnn.quant.callback.CBPCallback` registers inst
 nearest-level quantizer. Everything else -- layer selection, latent clamp, bake, export, summary --
 is the callback's, shared by every algorithm.
 
-- ``cbp``: constrained backpropagation (this project, cbp.md): the nearest-level straight-through
+- ``cbp``: constrained backpropagation (this project, docs/algorithm.md): the nearest-level straight-through
   forward onto the frozen levels ``a_l * F`` plus the constraint term and its multipliers.
 - ``ptq``: post-training quantization: the pretrained weights rounded to their nearest level
   ``a_l * F`` (the same frozen scale as CBP), no fine-tuning.

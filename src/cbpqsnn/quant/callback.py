@@ -1,4 +1,4 @@
-"""CBP as a Lightning Callback (cbp.md sections 1-7).
+"""CBP as a Lightning Callback (docs/algorithm.md sections 1-7).
 
 Attach it to a ``Trainer`` that fine-tunes a pretrained module; it knows nothing about the method:
 

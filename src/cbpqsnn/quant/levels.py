@@ -1,5 +1,6 @@
-"""Level sets (cbp.md section 2): factor sets F; a layer's levels are ``Q_l = a_l * F`` with a scale
-``a_l`` of the pretrained weights, computed once by the level set's scale rule and then frozen.
+"""Level sets (docs/algorithm.md section 2): factor sets F; a layer's levels are ``Q_l = a_l * F``
+with a scale ``a_l`` of the pretrained weights, computed once by the level set's scale rule and then
+frozen.
 
 Scale rules (``quant.scale``):
 
@@ -9,10 +10,10 @@ Scale rules (``quant.scale``):
 - ``mse``: the clip minimising the rounding error ``sum (W - quantize(W; a F))^2``, searched over
   ``a = max|W| * k / 200``, k = 1 .. 200 (the best of a fine grid, not an analytic optimum).
 
-``mean_abs`` puts the top level of a multi-level set at the mean magnitude and clips about 40 % of
-a Gaussian layer (measured on the default run's FP32 net: int8 rounded with ``mean_abs`` 14 %
-accuracy, with ``max_abs`` 97.8 %), so the default rule depends on the set
-(:func:`default_scale`): ``mean_abs`` for two or three levels, ``mse`` above.
+``mean_abs`` puts the top level of a multi-level set at the mean magnitude, so a large share of a
+bell-shaped layer lies beyond it and is clipped (what that costs: docs/algorithm.md section 2),
+so the default rule depends on the set (:func:`default_scale`): ``mean_abs`` for two or three
+levels, ``mse`` above.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Weight memory of a quantized model (cbp.md section 8).
+"""Weight memory of a quantized model (docs/algorithm.md section 8).
 
 ``bits = sum_l n_l * bits(F) + 32 * (#quantized layers, one scale each)
          + 32 * (every other parameter: first/last layer, biases, BN, neuron params)``.

@@ -1,4 +1,4 @@
-"""Nearest-level quantizer and the constraint function of CBP (cbp.md sections 3 and 4).
+"""Nearest-level quantizer and the constraint function of CBP (docs/algorithm.md sections 3 and 4).
 
 For ascending levels ``q_1 < ... < q_n`` with medians ``m_i = (q_i + q_{i+1}) / 2``:
 

@@ -1,4 +1,4 @@
-"""Event-driven schedule of the window parameter g (cbp.md section 6)."""
+"""Event-driven schedule of the window parameter g (docs/algorithm.md section 6)."""
 
 from __future__ import annotations
 

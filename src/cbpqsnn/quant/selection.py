@@ -1,4 +1,4 @@
-"""Which weights CBP quantizes (cbp.md section 1)."""
+"""Which weights CBP quantizes (docs/algorithm.md section 1)."""
 
 from __future__ import annotations
 
