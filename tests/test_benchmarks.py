@@ -19,13 +19,13 @@ def test_compute_per_row_prints_stage_hours_and_flops():
     rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if "stbp_cifar10_cpu" in line]
     assert [r[1].strip() for r in rows] == ["pretrain", "cbp", "total"]
     pretrain, cbp, total = rows
-    assert (int(pretrain[2]), int(pretrain[3]), int(cbp[3])) == (4, 6, 11)  # T, epochs from the config
+    assert (int(pretrain[2]), int(pretrain[3]), int(cbp[3])) == (4, 24, 11)  # T, epochs from the config
     hours = [float(r[6]) for r in rows]
     flops = [float(r[7]) for r in rows]
     assert all(h > 0 for h in hours) and all(f > 0 for f in flops)
     assert abs(hours[0] + hours[1] - hours[2]) < 0.02 * hours[2]
-    # FLOPs scale with epochs: 11 CBP epochs of the same network cost 11/6 of 6 pretraining epochs
-    assert abs(flops[1] / flops[0] - 11 / 6) < 0.05
+    # FLOPs scale with epochs: 11 CBP epochs of the same network cost 11/24 of 24 pretraining epochs
+    assert abs(flops[1] / flops[0] - 11 / 24) < 0.05
 
 
 def test_peer_speed_checks_the_columns_compute_the_same_function(monkeypatch):
@@ -160,4 +160,4 @@ def test_step_floor_removes_every_neuron_and_keeps_the_time_steps():
     assert out.shape == (3, 2, 3)  # still T steps
     torch.testing.assert_close(out, expected.expand(3, 2, 3))  # 3 classes
     cfg = compose(["experiment=stbp_cifar10_cpu"])
-    assert step_floor.run_steps(cfg, 50_000) == (6 + 11) * 782  # batch 64: 782 steps an epoch
+    assert step_floor.run_steps(cfg, 50_000) == (24 + 11) * 782  # batch 64: 782 steps an epoch
