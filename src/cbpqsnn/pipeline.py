@@ -212,7 +212,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             history=cbp_result.history,
             trace=cbp_result.trace,
         )
-    summary["val_acc"] = evaluate(cfg, run_dir, module, datamodule, "val") if validate else None
+    unchanged = not quantize and cfg.quant.algorithm != FP32_FINETUNE  # the FP32 network itself
+    summary["val_acc"] = (fp32_val_acc if unchanged or not validate
+                          else evaluate(cfg, run_dir, module, datamodule, "val"))
     final = hardware.get("quantized", hardware["fp32"])  # the network the run leaves behind
     summary.update(synops=final["synops"], energy_uj_fp32=hardware["fp32"]["energy_uj"],
                    energy_uj=final["energy_uj"], hardware=hardware)

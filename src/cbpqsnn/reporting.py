@@ -266,10 +266,7 @@ def write_plots(runs: list[tuple[Path, dict[str, Any]]], table: list[dict[str, A
     ax.set_xticks(list(xs), labels, fontsize=7)
     ax.set_ylabel("test accuracy (%)")
     ax.legend()
-    fig.tight_layout()
-    written.append(out_dir / "accuracy.png")
-    fig.savefig(written[-1], dpi=120)
-    plt.close(fig)
+    written.append(_save_figure(fig, out_dir / "accuracy.png"))
     # CFS and g per epoch of every quantized run
     curves = [(d, s) for d, s in runs if s.get("history", {}).get("epoch")]
     if curves:
@@ -283,10 +280,7 @@ def write_plots(runs: list[tuple[Path, dict[str, Any]]], table: list[dict[str, A
             c > 0 for _, s in curves for c in s["history"]["cfs"]) else "linear")
         ax_g.set(xlabel="CBP epoch", ylabel="window g")
         ax_g.legend(fontsize=6)
-        fig.tight_layout()
-        written.append(out_dir / "cbp_curves.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save_figure(fig, out_dir / "cbp_curves.png"))
     if len({_label(s) for _, s in curves}) > 1:
         written.append(_cfs_by_algorithm(curves, out_dir))
     traced = [(d, s) for d, s in runs if s.get("trace", {}).get("step")]
@@ -307,10 +301,7 @@ def write_plots(runs: list[tuple[Path, dict[str, Any]]], table: list[dict[str, A
         ax.set(xlabel="weight", ylabel="count", yscale="log",
                title=f"{run_dir.name}: quantized layers")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        written.append(out_dir / f"weights_{run_dir.name}.png")
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+        written.append(_save_figure(fig, out_dir / f"weights_{run_dir.name}.png"))
     return written
 
 
@@ -335,11 +326,7 @@ def _cfs_by_algorithm(curves: list[tuple[Path, dict[str, Any]]], out_dir: Path) 
                     linestyle="--" if "@" in label else "-")
         ax.set(xlabel="fine-tuning epoch", ylabel="CFS (mean over seeds)", title=" / ".join(panel))
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = out_dir / "cfs_by_algorithm.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, out_dir / "cfs_by_algorithm.png")
 
 
 def _traces(runs: list[tuple[Path, dict[str, Any]]], out_dir: Path) -> Path:
@@ -356,8 +343,14 @@ def _traces(runs: list[tuple[Path, dict[str, Any]]], out_dir: Path) -> Path:
     ax_cfs.set(xlabel="fine-tuning step", ylabel="CFS", yscale="log")
     ax_near.set(xlabel="fine-tuning step", ylabel="fraction within a/10 of a level", ylim=(0, 1))
     ax_near.legend(fontsize=6)
+    return _save_figure(fig, out_dir / "cbp_trace.png")
+
+
+def _save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write (120 dpi) and close a figure; returns its path."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = out_dir / "cbp_trace.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
