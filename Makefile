@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
+	# Sinabs (a third simulator of model.nir, and the Speck toolchain) pins an older nir: without its
+	# dependencies, which we have already (pyproject.toml, the deploy extra)
+	$(PY) -m pip install --quiet --no-deps "sinabs>=3.1,<4" "pbr>=6"
 	touch $(STAMP)
 
 train: $(STAMP)

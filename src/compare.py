@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         final_jobs,
         load_grid,
         reuse_tuning_runs,
+        split_tuned,
         tuning_jobs,
         write_choice,
     )
@@ -81,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         algorithms, out = _list(args.algorithms), args.out.resolve()
         if args.tune and args.variant:
             raise ValueError("--tune chooses each algorithm's setting itself; drop --variant")
-        grid = load_grid(args.tune, algorithms) if args.tune else None
-        jobs, skipped = plan(args.overrides, seeds, _list(args.levels), [] if grid else algorithms,
-                             out, parse_variants(args.variant), args.reference)
+        tuned, untuned = split_tuned(algorithms) if args.tune else ([], algorithms)
+        grid = load_grid(args.tune, tuned) if args.tune else None
+        jobs, skipped = plan(args.overrides, seeds, _list(args.levels), untuned, out,
+                             parse_variants(args.variant), args.reference)
         tuning = tuning_jobs(args.overrides, seeds[0], _list(args.levels), grid, out) if grid else []
         check_checkpoints([*jobs, *tuning])
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -6,8 +6,10 @@ Writes ``model.nir`` (NIR graph: ``cbpqsnn/deploy/nir_export.py``) and, for bina
 weights, ``model_int.npz`` (integer codes with the scales folded into the neurons, run by the
 pure-NumPy ``cbpqsnn/deploy/numpy_reference.py``) into the run folder -- every run writes them too.
 ``--check N`` (0: the whole test set) compares, on N test samples, the output spike counts of the
-project's network with snnTorch reading ``model.nir`` (``pip install -e .[deploy]``) and with the
-NumPy integer reference; ``deploy_check.json`` records the agreement.
+project's network with snnTorch, Sinabs and Norse reading ``model.nir`` (``pip install -e .[deploy]``
+and Sinabs with ``--no-deps``: docs/deploying.md) and with the NumPy integer reference, and asks
+Speck's toolchain (``sinabs.backend.dynapcnn``) whether it takes the network; ``deploy_check.json``
+records the agreement, what a simulator cannot express, and the verdict.
 """
 
 from __future__ import annotations

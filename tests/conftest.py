@@ -20,6 +20,8 @@ TINY = [
     "trainer.limit_test_batches=1",
     "method.pretrain.epochs=1",
     "method.cbp.epochs=2",
+    "hardware.samples=32",  # the spike-rate / SynOps pass: 512 test inputs cost more than the training
+    "data.datamodule.eval_batch_size=100",  # limit_*_batches=1: one batch of 100 inputs per evaluation
 ]
 
 

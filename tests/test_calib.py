@@ -222,8 +222,7 @@ def test_tiny_pipeline_run_records_the_calibration_levels(tiny_cfg, tmp_path, mo
     spec = ["C4s2", "C8s2", "FC16"]
     cfg = tiny_cfg("method=calib", f"model.spec=[{','.join(spec)}]", "method.module.T=4",
                    "method.module.finetune_T=3", "method.module.eval_batches=1",
-                   "method.module.threshold_batches=1", "method.module.calibration_batch_size=32",
-                   "data.datamodule.eval_batch_size=100")
+                   "method.module.threshold_batches=1", "method.module.calibration_batch_size=32")
     summary = run(cfg, tmp_path)
     assert {"ann_acc", "snn_acc", "calibration", "T", "T_finetune", "thresholds"} <= summary.keys()
     assert set(summary["snn_acc"]) == {"none", "light", "advanced"}

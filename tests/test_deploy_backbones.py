@@ -16,6 +16,7 @@ from cbpqsnn.conversion.network import build_convertible_net
 from cbpqsnn.deploy import check, integer, numpy_reference
 from cbpqsnn.deploy.artifacts import INTEGER_FILE, NIR_FILE, write_deployment
 from cbpqsnn.deploy.nir_export import DT
+from cbpqsnn.deploy.simulators import snntorch_sim
 from cbpqsnn.nets.feedforward import build_spiking_net
 from cbpqsnn.neurons import IFNeuron, ParametricLIF
 from tests.test_deploy import on_levels
@@ -65,7 +66,7 @@ def test_sew_resnet_with_plif_bn_and_max_pools_runs_the_same_in_snntorch_and_num
     info = write_deployment(net, quantized, T, tmp_path)
     assert info["nir"] == NIR_FILE and info["integer"] == INTEGER_FILE
     graph = nir.read(str(tmp_path / NIR_FILE))
-    assert_same(ours, check.snntorch_outputs(graph, inputs, T))
+    assert_same(ours, snntorch_sim.outputs(graph, inputs, T))
     manifest, arrays = numpy_reference.load(str(tmp_path / INTEGER_FILE))
     assert_same(ours, check.integer_outputs(manifest, arrays, inputs))
     assert {name: set(np.unique(arrays[f"{name}.codes"])) <= {-1, 0, 1} for name in quantized} \
@@ -137,8 +138,8 @@ def test_converted_network_runs_the_same_in_numpy_and_snntorch_refuses_nir_if(tm
     assert isinstance(graph.nodes["layers.1"], nir.IF)
     assert np.allclose(graph.nodes["layers.1"].v_threshold, 0.7)
     # NIR's IF has a hard reset and no initial potential; snnTorch 1.0 cannot run nir.IF at all
-    with pytest.raises(NotImplementedError, match="reset by subtraction"):
-        check.snntorch_outputs(graph, inputs, T)
+    with pytest.raises(NotImplementedError, match="cannot feed the next layer"):
+        snntorch_sim.outputs(graph, inputs, T)
 
 
 def test_integer_units_fold_bn_sign_and_pool_factors():
@@ -184,7 +185,7 @@ def test_tssl_network_runs_the_same_in_snntorch_and_numpy(tmp_path, levels):
     assert info["nir"] == NIR_FILE and info["integer"] == INTEGER_FILE
     graph = nir.read(str(tmp_path / NIR_FILE))
     assert isinstance(graph.nodes["layers.2"], nir.CubaLIF)
-    assert_same(ours, check.snntorch_outputs(graph, inputs, T))
+    assert_same(ours, snntorch_sim.outputs(graph, inputs, T))
     manifest, arrays = numpy_reference.load(str(tmp_path / INTEGER_FILE))
     assert_same(ours, check.integer_outputs(manifest, arrays, inputs))
 

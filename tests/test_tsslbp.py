@@ -390,7 +390,7 @@ def test_config_selects_the_tssl_net_and_the_published_cbp_setting():
 def test_tiny_pipeline_run_quantizes_the_middle_layers_and_keeps_first_and_last_frozen(tiny_cfg, tmp_path):
     from cbpqsnn.pipeline import run
 
-    cfg = tiny_cfg("method=tsslbp", "method.cbp.callback.p_max=1", "data.datamodule.eval_batch_size=100")
+    cfg = tiny_cfg("method=tsslbp", "method.cbp.callback.p_max=1")
     summary = run(cfg, tmp_path)
     assert summary["model"] == "tssl_mnist" and summary["history"]["cfs"][-1] < summary["cfs_start"]
     assert summary["quantized_layers"] == ["net.layers.4", "net.layers.8"]  # conv 2, FC

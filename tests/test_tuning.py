@@ -7,7 +7,7 @@ import pytest
 
 from cbpqsnn.comparison import Job
 from cbpqsnn.reporting import load_summaries
-from cbpqsnn.tuning import choose, load_grid, tuning_jobs
+from cbpqsnn.tuning import choose, load_grid, split_tuned, tuning_jobs
 from tests.conftest import ROOT, TINY
 
 _spec = importlib.util.spec_from_file_location("cbpqsnn_compare_cli_tuning", ROOT / "src" / "compare.py")
@@ -49,8 +49,8 @@ def test_the_grid_gives_every_algorithm_the_same_budget_and_checks_its_overrides
 def test_tuning_runs_every_setting_from_the_tuning_seeds_fp32_network(tmp_path):
     grid = load_grid(grid_file(tmp_path), ["cbp", "ste"])
     jobs = tuning_jobs(["T=4"], 1, ["binary"], grid, tmp_path)
-    assert [j.name for j in jobs] == ["binary_cbp@plain", "binary_cbp@decoupled", "binary_ste@plain",
-                                      "binary_ste@fast"]  # in the order of --algorithms
+    assert [j.name for j in jobs] == ["binary_cbp@plain", "binary_ste@plain", "binary_cbp@decoupled",
+                                      "binary_ste@fast"]  # round robin, in the order of --algorithms
     assert all(j.fp32_checkpoint == tmp_path / "seed1/fp32/checkpoints/fp32.ckpt" for j in jobs)
     assert jobs[3].run_dir == tmp_path / "tuning/seed1/binary_ste@fast"
     assert "variant=fast" in jobs[3].overrides and jobs[3].overrides[-1] == "method.cbp.optimizer.lr=0.01"
@@ -75,6 +75,16 @@ def test_tuning_without_a_validation_split_is_refused_before_any_job(tmp_path, c
     assert compare.main(args) == 2
     assert "val_per_class" in capsys.readouterr().err
     assert not (tmp_path / "cmp").exists()
+
+
+def test_ptq_trains_nothing_so_it_runs_untuned_beside_the_grid(tmp_path, capsys):
+    """The default --algorithms include ptq, which no grid names: the run goes on to its next check."""
+    args = [*TINY, "--out", str(tmp_path / "cmp"), "--seeds", "1", "--levels", "binary",
+            "--algorithms", "ptq,ste,cbp", "--tune", str(grid_file(tmp_path))]
+    assert compare.main(args) == 2
+    err = capsys.readouterr().err
+    assert "val_per_class" in err and "ptq" not in err
+    assert split_tuned(["cbp", "ptq", "ste"]) == (["cbp", "ste"], ["ptq"])
 
 
 def test_one_command_tunes_on_validation_and_runs_the_choice_on_every_seed(tmp_path, monkeypatch):

@@ -38,6 +38,12 @@ from cbpqsnn.quant.baselines import ALGORITHMS, check_algorithm
 from cbpqsnn.quant.levels import level_factors
 
 Grid = dict[str, dict[str, list[str]]]  # algorithm -> setting name -> overrides
+UNTUNED = ("ptq",)  # trains nothing, so it has no setting to choose: it runs as an ordinary job
+
+
+def split_tuned(algorithms: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``algorithms`` as (those tuned over the grid, those run once as they are: ``UNTUNED``)."""
+    return [a for a in algorithms if a not in UNTUNED], [a for a in algorithms if a in UNTUNED]
 
 
 def load_grid(path: str | Path, algorithms: Sequence[str]) -> Grid:
@@ -79,11 +85,14 @@ def tuning_jobs(overrides: Sequence[str], seed: int, level_sets: Sequence[str], 
                 out: Path) -> list[Job]:
     """Every (level set, algorithm, setting) of ``grid`` on ``seed``, from ``<out>/seed<seed>/fp32``."""
     fp32_dir = out / f"seed{seed}" / "fp32"
-    return [job for level_set in level_sets for algorithm, settings in grid.items()
-            if _defined(algorithm, level_set)
-            for job in (_job(overrides, seed, level_set, algorithm, name, extra,
-                             out / "tuning" / f"seed{seed}", fp32_dir)
-                        for name, extra in settings.items())]
+    # Round robin: every algorithm's first setting, then every second one...; a tuning run stopped
+    # part way (a session's end) has then tried as many settings of each algorithm, not all of one.
+    rounds = zip(*(list(settings.items()) for settings in grid.values()), strict=True)
+    return [_job(overrides, seed, level_set, algorithm, name, extra,
+                 out / "tuning" / f"seed{seed}", fp32_dir)
+            for row in rounds for level_set in level_sets
+            for algorithm, (name, extra) in zip(grid, row, strict=True)
+            if _defined(algorithm, level_set)]
 
 
 def choose(jobs: Sequence[Job]) -> dict[str, dict[str, Any]]:

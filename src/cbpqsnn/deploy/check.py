@@ -1,26 +1,20 @@
 """Does the exported network compute what the project's network computes? The output summed over
-the ``T`` steps (spike counts, or the analog classifier's summed outputs) from three
-implementations of the same weights: the project's (torch), an independent simulator reading
-``model.nir`` (snnTorch, ``pip install snntorch nirtorch``: the ``deploy`` extra) and the NumPy
-integer reference. Inputs are batch-first: static ``[B, *in_shape]`` (repeated every step) or
-event frames ``[B, T, *in_shape]`` (one per step)."""
+the ``T`` steps (spike counts, or the analog classifier's summed outputs) from the implementations
+of the same weights: the project's (torch), independent simulators reading ``model.nir`` (snnTorch,
+Sinabs, Norse: :mod:`cbpqsnn.deploy.simulators`, the ``deploy`` extra) and the NumPy integer
+reference. Inputs are batch-first: static ``[B, *in_shape]`` (repeated every step) or event
+frames ``[B, T, *in_shape]`` (one per step)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from cbpqsnn.deploy import numpy_reference
-
-
-def _frames(net_in_shape: tuple[int, ...], inputs: torch.Tensor) -> bool:
-    return inputs.dim() == len(net_in_shape) + 2
+from cbpqsnn.deploy import numpy_reference, simulators
+from cbpqsnn.deploy.simulators.common import NotExpressible, has_if_metadata
 
 
 @torch.no_grad()
@@ -28,65 +22,6 @@ def project_outputs(net: torch.nn.Module, inputs: torch.Tensor) -> np.ndarray:
     """The project's output summed over time, ``[B, classes]`` (``net`` runs time-first)."""
     x = inputs.transpose(0, 1) if net.is_frames(inputs) else inputs  # [B, T, ...] has a frame's rank
     return net(x).double().sum(0).numpy()
-
-
-class _Heaviside(torch.nn.Module):
-    """``nir.Threshold``: ``1[x > threshold]`` (snnTorch 1.0 has no mapping for the node)."""
-
-    def __init__(self, threshold: np.ndarray) -> None:
-        super().__init__()
-        self.register_buffer("threshold", torch.as_tensor(threshold, dtype=torch.float32))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x > self.threshold).to(x.dtype)
-
-
-def snntorch_network(graph: Any) -> torch.nn.Module:
-    """``graph`` read by snnTorch: ``snntorch.import_nir.import_from_nir``; a graph with
-    ``nir.Threshold`` nodes (the max pools over spikes) goes through the same node conversions of
-    snnTorch plus :class:`_Heaviside`, wired by nirtorch as ``import_from_nir`` wires them."""
-    import nir
-    from snntorch.import_nir import _nir_to_snntorch_module, import_from_nir
-
-    if any(isinstance(node, nir.IF) for node in graph.nodes.values()):
-        raise NotImplementedError(
-            "snnTorch 1.0 reads nir.IF as a leaky neuron (Leaky, beta 0.9) that returns (spikes, "
-            "membrane) and cannot feed the next layer; and NIR's IF resets to v_reset with no initial "
-            "potential, so no NIR simulator reproduces the converted network's reset by subtraction")
-    if not any(isinstance(node, nir.Threshold) for node in graph.nodes.values()):
-        return import_from_nir(graph)
-    import nirtorch
-
-    kinds = (nir.Affine, nir.Linear, nir.Conv2d, nir.Flatten, nir.AvgPool2d, nir.LIF, nir.CubaLIF)
-    node_map: dict[Any, Any] = {kind: partial(_nir_to_snntorch_module, init_hidden=True) for kind in kinds}
-    node_map[nir.Threshold] = lambda n: _Heaviside(n.threshold)
-    return nirtorch.nir_to_torch(graph, node_map)
-
-
-@torch.no_grad()
-def snntorch_outputs(graph: Any, inputs: torch.Tensor, T: int) -> np.ndarray:
-    """The output of ``graph`` run by snnTorch (:func:`snntorch_network`) summed over ``T``
-    steps (after the PSP filter of ``metadata["readout_psp_tau_s"]``, if the graph has one), one
-    sample at a time (NIR shapes carry no batch dimension)."""
-    import snntorch.utils
-
-    in_shape = tuple(int(d) for d in graph.nodes["input"].input_type["input"])
-    frames = _frames(in_shape, inputs)
-    with contextlib.redirect_stdout(io.StringIO()):  # snnTorch prints every rescaled threshold array
-        net = snntorch_network(graph)
-    tau_s = graph.metadata.get("readout_psp_tau_s")
-    totals = []
-    for x in inputs:
-        snntorch.utils.reset(net)
-        steps = []
-        for t in range(T):
-            out = net(x[t] if frames else x)
-            steps.append((out[0] if isinstance(out, tuple) else out).double().numpy())
-        if tau_s is not None:  # the readout filter the graph's metadata asks for
-            for t in range(len(steps)):
-                steps[t] = steps[t] / tau_s + (1 - 1 / tau_s) * steps[t - 1] if t else steps[t] / tau_s
-        totals.append(np.sum(steps, axis=0))
-    return np.stack(totals)
 
 
 def integer_outputs(manifest: dict[str, Any], arrays: dict[str, np.ndarray],
@@ -118,10 +53,22 @@ def check_run(run_dir: Path, net: torch.nn.Module, inputs: torch.Tensor, labels:
 
     if info.get("nir") == "model.nir":
         graph = nir.read(str(run_dir / "model.nir"))
+        variants = [("", True)] + ([("_nir_if_semantics", False)] if has_if_metadata(graph) else [])
+        for simulator in simulators.ALL:
+            for suffix, use_metadata in variants:
+                key = simulator.NAME + suffix
+                try:
+                    compare(key, simulator.outputs(graph, inputs, T, use_metadata=use_metadata))
+                except NotExpressible as err:
+                    result[f"{key}_vs_project"] = f"not expressible: {err}"
+                except ImportError as err:
+                    result[f"{key}_vs_project"] = f"not run: {err.name} missing ({simulators.INSTALL})"
         try:
-            compare("snntorch", snntorch_outputs(graph, inputs, T))
-        except NotImplementedError as err:
-            result["snntorch_vs_project"] = f"not run: {err}"
+            from cbpqsnn.deploy import speck
+
+            result["speck_dynapcnn"] = speck.verdict(graph, T)
+        except ImportError as err:
+            result["speck_dynapcnn"] = f"not run: {err.name} missing ({simulators.INSTALL})"
     if info.get("integer") == "model_int.npz":
         manifest, arrays = numpy_reference.load(str(run_dir / "model_int.npz"))
         compare("numpy_integer", integer_outputs(manifest, arrays, inputs))

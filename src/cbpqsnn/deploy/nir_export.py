@@ -18,9 +18,11 @@ the project's network:
 - The IF neuron of the converted network (reset by subtraction, spike amplitude ``V_th``, input shift
   ``V_th / 2T``): ``nir.IF`` with ``r = 1``, the threshold, ``v_reset = 0``; the shift is folded into
   the preceding layer's bias and the amplitude into the next layer's weights. **Not exact**: NIR's IF
-  resets to ``v_reset`` (hard reset), and a node has no initial potential (the calibrated
-  ``v_init`` is dropped); snnTorch 1.0 cannot run ``nir.IF`` inside a network at all
-  (:func:`cbpqsnn.deploy.check.snntorch_network` says why). The integer artifact is exact.
+  resets to ``v_reset`` (hard reset), and a node has no initial potential; snnTorch 1.0 cannot run
+  ``nir.IF`` inside a network at all (:mod:`cbpqsnn.deploy.simulators.snntorch_sim` says why). The
+  node's ``metadata`` (:func:`if_metadata`) says what NIR cannot: reset by subtraction, ``>=``, the
+  calibrated ``v_init``; Sinabs' ``IAF`` built with it (:mod:`cbpqsnn.deploy.simulators.sinabs_sim`)
+  is exact, as is the integer artifact.
 - ``nn.Conv2d`` -> ``nir.Conv2d`` and ``nn.Linear`` -> ``nir.Affine`` (a missing bias as zeros), a
   following ``BatchNorm2d`` folded into them (``W s``, ``s (b - mu) + beta``, ``s = gamma / sqrt(var
   + eps)``: the weights of a quantized layer become per-channel multiples of its codes);
@@ -96,10 +98,18 @@ def _neuron(neuron: MultiStepNeuron, shape: tuple[int, ...], psp: float | None) 
         return lif(DT / k, 1.0, neuron.v_threshold, neuron.v_reset), 1.0
     if isinstance(neuron, IFNeuron):
         threshold = float(neuron.threshold)
+        v_init = np.broadcast_to(_array(neuron.v_init), shape).astype(np.float32)
         return nir.IF(r=_full(shape, 1.0), v_threshold=_full(shape, threshold),
-                      v_reset=_full(shape, 0.0)), threshold
+                      v_reset=_full(shape, 0.0), metadata=if_metadata(v_init)), threshold
     raise NotImplementedError(f"no NIR mapping for the neuron {type(neuron).__name__}; "
                               "mapped: STBPLIF, ParametricLIF, IFNeuron, TSSLNeuron")
+
+
+def if_metadata(v_init: np.ndarray) -> dict[str, Any]:
+    """What NIR 1.0's ``IF`` cannot say about the converted network's neuron, in the node's
+    metadata (a reader that ignores it runs NIR's IF): reset by subtraction, spike at ``v >=
+    v_threshold``, the calibrated initial potential ``v_init``."""
+    return {"reset": "subtract", "fires_at": ">=", "v_init": v_init}
 
 
 def _max_pool(name: str, k: tuple[int, int], shape: tuple[int, ...], out_shape: tuple[int, ...],
