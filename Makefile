@@ -15,12 +15,12 @@ export WANDB_MODE ?= offline
 
 setup: $(STAMP)
 
+# Sinabs (a third simulator of model.nir, and the Speck toolchain) pins an older nir: installed
+# without its dependencies, which we have already (pyproject.toml, the deploy extra)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev]"
-	# Sinabs (a third simulator of model.nir, and the Speck toolchain) pins an older nir: without its
-	# dependencies, which we have already (pyproject.toml, the deploy extra)
 	$(PY) -m pip install --quiet --no-deps "sinabs>=3.1,<4" "pbr>=6"
 	touch $(STAMP)
 

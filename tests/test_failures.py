@@ -149,6 +149,20 @@ def test_an_unwritable_log_folder_is_refused(tmp_path):
 
 
 # -- stop cleanly -----------------------------------------------------------------------------
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT back to its default: a job started in the background (``cmd &``, nohup) inherits it
+    ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt in this process, also where pytest started with it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def interrupt_at(monkeypatch, stage: str, epoch: int, signum: int) -> None:
     """Send ``signum`` to this process in the first batch of ``epoch`` of ``stage``."""
     class Interrupter(FiniteLossGuard):
@@ -172,7 +186,7 @@ def uninterrupted(tmp_path_factory):
 
 @pytest.mark.parametrize(("stage", "signum"), [("pretrain", signal.SIGINT), ("cbp", signal.SIGTERM)])
 def test_an_interrupted_stage_resumes_to_the_uninterrupted_result(stage, signum, uninterrupted, tmp_path,
-                                                                   monkeypatch):
+                                                                   monkeypatch, ctrl_c):
     """Ctrl-C / SIGTERM in the second epoch of a stage: the run stops with the overrides that
     continue it from the first epoch's checkpoint, and the continued run ends where an
     uninterrupted run ends."""
@@ -200,7 +214,8 @@ def test_ctrl_c_prints_the_command_that_resumes(tmp_path):
     run_dir = tmp_path / "run"
     command = [sys.executable, str(ROOT / "src" / "train.py"), *TINY, "method.pretrain.epochs=500",
                f"hydra.run.dir={run_dir}"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                               preexec_fn=_ctrl_c_as_in_a_terminal)
     deadline = time.time() + 240
     while not (run_dir / "checkpoints" / "fp32.ckpt").is_file() and time.time() < deadline:
         time.sleep(0.5)
