@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -15,8 +16,18 @@ from cbpqsnn.quant.baselines import algorithm_label
 from cbpqsnn.reporting import report_sweep
 from tests.conftest import ROOT
 
-# results/<comparison>/<row>/seed<N>/<job>/summary.json
+# results/<comparison>/<row>/seed<N>/<job>/summary.json, and a tuned comparison's runs in
+# results/<comparison>/<name>/tuning/seed<N>/<job>/ beside its seed<N>/fp32/; a folder that is not
+# named after its row keeps the command that made it (command.txt, with experiment=<row>)
 COMPARISONS = sorted(p for p in (ROOT / "results").glob("*/*") if p.is_dir())
+
+
+def row_of(comparison: Path) -> str:
+    command = comparison / "command.txt"
+    if not command.is_file():
+        return comparison.name
+    (row,) = re.findall(r"\bexperiment=(\S+)", command.read_text())
+    return row
 
 
 def summaries(comparison: Path) -> dict[Path, dict]:
@@ -29,7 +40,7 @@ def test_every_kept_summary_is_the_job_its_folder_names(comparison):
     assert found, comparison
     for path, s in found.items():
         job, seed = path.parent.name, path.parent.parent.name
-        assert (s["row"], seed) == (comparison.name, f"seed{s['seed']}"), path
+        assert (s["row"], seed) == (row_of(comparison), f"seed{s['seed']}"), path
         label = algorithm_label(s["algorithm"], s.get("variant"))
         assert job == ("fp32" if s["algorithm"] == "none" else f"{s['quant']}_{label}"), path
         assert s["acc_delta"] == pytest.approx(s["quant_acc"] - s["fp32_acc"]), path
