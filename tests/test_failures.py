@@ -3,6 +3,7 @@ when told, never mislabelled, checkpoints loaded safely, logger failures never m
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -181,7 +182,12 @@ RESUMABLE = [*TINY, "method.pretrain.epochs=2", "method.cbp.epochs=2", "method.c
 def uninterrupted(tmp_path_factory):
     """The run both interrupted runs below must end at: its summary and its baked weights."""
     run_dir = tmp_path_factory.mktemp("whole")
-    return pipeline.run(compose(RESUMABLE), run_dir), torch.load(run_dir / "quantized.pt")
+    return pipeline.run(compose(RESUMABLE), run_dir), torch.load(run_dir / "quantized.pt"), run_dir
+
+
+def csv_rows(run_dir, stage):
+    with (run_dir / "csv" / stage / "metrics.csv").open(newline="") as file:
+        return list(csv.DictReader(file))
 
 
 @pytest.mark.parametrize(("stage", "signum"), [("pretrain", signal.SIGINT), ("cbp", signal.SIGTERM)])
@@ -189,8 +195,9 @@ def test_an_interrupted_stage_resumes_to_the_uninterrupted_result(stage, signum,
                                                                    monkeypatch, ctrl_c):
     """Ctrl-C / SIGTERM in the second epoch of a stage: the run stops with the overrides that
     continue it from the first epoch's checkpoint, and the continued run ends where an
-    uninterrupted run ends."""
-    base, (whole, whole_baked) = RESUMABLE, uninterrupted
+    uninterrupted run ends, with the same CSV rows (continued in the folder it was cut in, as
+    compare.py does: Lightning's CSVLogger would delete the first epoch's rows)."""
+    base, (whole, whole_baked, whole_dir) = RESUMABLE, uninterrupted
     interrupt_at(monkeypatch, stage, 1, signum)
     with pytest.raises(pipeline.RunInterrupted) as stop:
         pipeline.run(compose(base), tmp_path / "cut")
@@ -202,11 +209,14 @@ def test_an_interrupted_stage_resumes_to_the_uninterrupted_result(stage, signum,
     assert stop.value.resume == expected
     assert not (tmp_path / "cut" / "summary.json").exists()
     monkeypatch.undo()
-    resumed = pipeline.run(compose([*base, *stop.value.resume]), tmp_path / "resumed")
+    resumed = pipeline.run(compose([*base, *stop.value.resume]), tmp_path / "cut")
     for key in ("fp32_acc", "quant_acc", "latent_acc"):
         assert resumed[key] == whole[key], key
     assert resumed["resumed_from"] == str(checkpoint)
-    baked = torch.load(tmp_path / "resumed" / "quantized.pt")
+    rows, whole_rows = csv_rows(tmp_path / "cut", stage), csv_rows(whole_dir, stage)
+    assert [(r["epoch"], r["step"]) for r in rows] == [(r["epoch"], r["step"]) for r in whole_rows]
+    assert rows[0] == whole_rows[0]  # the first epoch's, written before the cut
+    baked = torch.load(tmp_path / "cut" / "quantized.pt")
     assert all(torch.equal(whole_baked[k], baked[k]) for k in whole_baked)
 
 

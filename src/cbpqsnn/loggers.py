@@ -2,10 +2,14 @@
 
 A W&B run that cannot start (online without an API key, no network) stops the run before its
 stage trains, with :class:`LoggerError` naming the other choices; closing W&B runs never raises
-(a failure there is reported as a warning, so it cannot mask the error that ended a stage)."""
+(a failure there is reported as a warning, so it cannot mask the error that ended a stage).
+
+A resumed stage keeps its CSV rows: Lightning's CSVLogger deletes an existing ``metrics.csv`` when it
+starts, so the rows of the epochs the checkpoint holds are read first and written back."""
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
 from pathlib import Path
@@ -51,10 +55,13 @@ def _wandb_run_args(cfg: DictConfig, job: str) -> dict[str, Any]:
             "config": flat_config(cfg), "settings": _wandb_settings()}
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path, stage: str) -> list[Logger]:
+def make_loggers(cfg: DictConfig, run_dir: Path, stage: str,
+                 resumed_epochs: int | None = None) -> list[Logger]:
+    """The stage's loggers; ``resumed_epochs``: the number of epochs the checkpoint a resumed stage
+    continues from has finished (their CSV rows are kept, later ones were not saved)."""
     loggers: list[Logger] = []
     if cfg.logger.csv:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv", version=stage))
+        loggers.append(_csv_logger(run_dir, stage, resumed_epochs))
     mode = _wandb_mode(cfg)
     if mode is not None:
         from lightning.pytorch.loggers import WandbLogger
@@ -68,6 +75,22 @@ def make_loggers(cfg: DictConfig, run_dir: Path, stage: str) -> list[Logger]:
                               f"Either {OTHER_CHOICES}") from err
         loggers.append(wandb_logger)
     return loggers
+
+
+def _csv_logger(run_dir: Path, stage: str, resumed_epochs: int | None) -> CSVLogger:
+    logger = CSVLogger(save_dir=str(run_dir), name="csv", version=stage)
+    path = Path(logger.log_dir) / "metrics.csv"
+    if resumed_epochs is None or not path.is_file():
+        return logger
+    with path.open(newline="") as file:
+        reader = csv.DictReader(file)
+        header = list(reader.fieldnames or [])
+        kept = [row for row in reader if row.get("epoch") and int(row["epoch"]) < resumed_epochs]
+    writer = logger.experiment  # starting it deletes the file (rank 0; a no-op elsewhere)
+    if hasattr(writer, "metrics"):
+        writer.metrics_keys = sorted(header)
+        writer.metrics = kept + writer.metrics
+    return logger
 
 
 def log_result(cfg: DictConfig, run_dir: Path, summary: dict[str, Any]) -> None:

@@ -45,7 +45,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from cbpqsnn.builders import build_datamodule, build_module, evaluate, has_validation_split, make_trainer
-from cbpqsnn.checkpoints import check_stage_checkpoint, load_pretrained
+from cbpqsnn.checkpoints import check_stage_checkpoint, load_pretrained, read_checkpoint
 from cbpqsnn.deploy.artifacts import network_levels, write_deployment
 from cbpqsnn.deploy.metrics import first_test_inputs, hardware_metrics
 from cbpqsnn.guards import FiniteLossGuard, FiringRateMonitor
@@ -74,6 +74,11 @@ class RunInterrupted(Exception):
         super().__init__(f"stopped by {signal} during the {stage} stage; {saved}")
 
 
+def _finished_epochs(ckpt_path: str | None) -> int | None:
+    """How many epochs the checkpoint a stage resumes from has finished (None: a fresh stage)."""
+    return None if not ckpt_path else int(read_checkpoint(ckpt_path)["epoch"]) + 1
+
+
 def _fit_stage(cfg: DictConfig, run_dir: Path, stage: str, module: L.LightningModule,
                datamodule: L.LightningDataModule, stage_cfg: DictConfig,
                extra_callbacks: list[L.Callback], ckpt_name: str,
@@ -87,7 +92,7 @@ def _fit_stage(cfg: DictConfig, run_dir: Path, stage: str, module: L.LightningMo
     checkpoint = ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename=ckpt_name,
                                  save_top_k=1, monitor=None, save_on_train_epoch_end=True,
                                  enable_version_counter=False)
-    loggers = make_loggers(cfg, run_dir, stage)
+    loggers = make_loggers(cfg, run_dir, stage, _finished_epochs(ckpt_path))
     trainer = None
     try:
         trainer = make_trainer(cfg, run_dir, stage, int(stage_cfg.epochs),
