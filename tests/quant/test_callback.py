@@ -444,3 +444,30 @@ def test_resume_takes_the_settings_given_now_and_warns_about_the_change(tmp_path
     assert cbp_b.multiplier_opt.param_groups[0]["lr"] == 0.002
     assert cbp_b.multiplier_opt.state  # the moments came from the checkpoint
     assert cbp_b.history["epoch"] == [0, 1, 2] and cbp_b.cfs_start == cbp_a.cfs_start
+
+
+def test_level_changes_count_the_weights_whose_level_changed_since_the_epoch_began():
+    module = pretrained()
+    cbp = CBPCallback(levels="binary")
+    cbp.attach(module)
+    cbp.on_train_epoch_start(None, module)
+    with torch.no_grad():  # 5 of net.2's 256 weights and 3 of net.4's 256 change sign
+        cbp.latent("net.2").view(-1)[:5].neg_()
+        cbp.latent("net.4").view(-1)[10:13].neg_()
+        cbp.latent("net.4").view(-1)[20:30].mul_(0.5)  # moved, on the same level
+    assert cbp.level_changes() == pytest.approx(8 / 512)
+
+
+def test_a_stage_records_its_level_changes_per_epoch_and_resumes_a_checkpoint_without_them(tmp_path):
+    module, cbp = pretrained(), CBPCallback(levels="binary", p_max=1, bake_at_end=False)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path), filename="cbp", save_on_train_epoch_end=True)
+    fit(module, [cbp, ckpt], 2, tmp_path)
+    assert len(cbp.history["changed"]) == 2 and 0 < cbp.history["changed"][0] < 1
+    saved = torch.load(tmp_path / "cbp.ckpt", weights_only=False)
+    (state,) = [v for k, v in saved["callbacks"].items() if k.startswith("CBPCallback")]
+    del state["history"]["changed"]  # a checkpoint written before the count existed
+    resumed = CBPCallback(levels="binary", p_max=1, bake_at_end=False)
+    resumed.attach(pretrained())
+    resumed._apply_state(state)
+    assert resumed.history["changed"] == [None, None]
+    assert resumed.history["cfs"] == cbp.history["cfs"]

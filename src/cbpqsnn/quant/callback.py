@@ -63,7 +63,7 @@ from torch.nn.utils import parametrize
 
 from cbpqsnn.quant.baselines import check_algorithm, make_quantizer
 from cbpqsnn.quant.levels import bits_per_weight, check_scale, default_scale, level_factors
-from cbpqsnn.quant.quantizer import constraint, constraint_failure, quantize
+from cbpqsnn.quant.quantizer import constraint, constraint_failure, level_index, quantize
 from cbpqsnn.quant.schedule import WindowSchedule
 from cbpqsnn.quant.selection import select_layers
 
@@ -156,8 +156,9 @@ class CBPCallback(L.Callback):
         self.initialized = False  # the initial multiplier step has happened
         self.cfs_start: float | None = None  # CFS of the latents when the stage started
         self.baked = False
-        self.history: dict[str, list[float]] = {"epoch": [], "g": [], "cfs": [], "lagrangian": [],
-                                                "task_loss": []}
+        self.history: dict[str, list[float | None]] = {"epoch": [], "g": [], "cfs": [], "lagrangian": [],
+                                                       "task_loss": [], "changed": []}
+        self._epoch_levels: dict[str, Tensor] = {}  # each weight's level index when the epoch began
         self._pending: dict[str, Any] | None = None
         self._levels_table: dict[str, Tensor] = {}
         self._latents: dict[str, Tensor] = {}  # kept by the bake (latent_weights)
@@ -314,6 +315,17 @@ class CBPCallback(L.Callback):
             self.trace[key].append(value)
 
     @torch.no_grad()
+    @torch.no_grad()
+    def _level_indices(self) -> dict[str, Tensor]:
+        return {n: level_index(self.latent(n), self.levels(n)).to(torch.int8) for n in self.layer_names}
+
+    def level_changes(self) -> float:
+        """The fraction of the quantized weights whose level (the value the layer computes with)
+        is another than when the epoch began: how much the quantized network still moves."""
+        now = self._level_indices()
+        changed = sum(int((now[n] != self._epoch_levels[n]).sum()) for n in self.layer_names)
+        return changed / max(sum(t.numel() for t in now.values()), 1)
+
     def levels_ok(self) -> bool:
         """Every quantized weight the module computes with sits exactly on one of its levels."""
         for _, w, levels in self._all_latents():
@@ -357,6 +369,7 @@ class CBPCallback(L.Callback):
                 self._record_trace(0)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_levels = self._level_indices()
         device = pl_module.device
         self._task_sum = torch.zeros((), device=device)
         self._constraint_sum = torch.zeros((), device=device)
@@ -428,8 +441,10 @@ class CBPCallback(L.Callback):
         self.history["cfs"].append(cfs)
         self.history["lagrangian"].append(L_sum)
         self.history["task_loss"].append(task / steps)  # mean task loss per optimizer step
+        changed = self.level_changes()
+        self.history["changed"].append(changed)
         metrics = {"cbp/task_loss": task / steps, "cbp/lagrangian": L_sum,
-                   "cbp/cfs": cfs, "cbp/g": float(self.schedule.g)}
+                   "cbp/cfs": cfs, "cbp/g": float(self.schedule.g), "cbp/changed": changed}
         if self.uses_constraint:
             metrics["cbp/lambda_mean"] = self.multiplier_mean()
             metrics["cbp/lambda_max"] = float(max(lam.max() for lam in self.multipliers.values()))
@@ -490,7 +505,8 @@ class CBPCallback(L.Callback):
         self.schedule.load_state_dict({k: schedule[k] for k in ("g", "p", "L_prev")})
         self.initialized = state["initialized"]
         self.cfs_start = state.get("cfs_start")
-        self.history = {k: list(v) for k, v in state["history"].items()}
+        epochs = len(state["history"]["epoch"])  # a checkpoint older than a key: None per epoch
+        self.history = {k: list(state["history"].get(k, [None] * epochs)) for k in self.history}
         self.trace = {k: list(v) for k, v in state.get("trace", self.trace).items()}
 
     @staticmethod
