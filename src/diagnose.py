@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     table = Table(title=f"{args.run} (constraint step: {step})")
     columns = ("layer", "latent_mean_abs", "scale", "task_step", "multiplier_mean",
-               "multiplier_max", "held", "changed")
+               "multiplier_max", "held", "held_pulled", "changed")
     for column in columns:
         table.add_column(column.replace("_", " "), no_wrap=True)
     for row in rows:

@@ -25,7 +25,8 @@ START = [0.3, 0.2, -0.1, -0.4]     # nearest levels +1 +1 -1 -1; the latents' +1
 EXP_AVG = [0.1, 0.1, 0.1, 0.0]
 EXP_AVG_SQ = [0.01, 0.0001, 0.01, 0.01]
 LR = 1e-3
-# 2 lambda against lr * ratio (1e-3, 1e-2, 1e-3, 0): held, not held, free (window), held
+# 2 lambda against lr * ratio (1e-3, 1e-2, 1e-3, 0): stronger, weaker, free (window), stronger;
+# the task's step -m leads the first off +1 towards -1 (held), the fourth nowhere (m = 0)
 MULTIPLIERS = [1e-3, 1e-3, 1e-2, 1e-6]
 
 
@@ -64,14 +65,16 @@ def test_the_diagnosis_of_a_hand_written_stage(tmp_path):
     assert row.task_step == pytest.approx(1.0)          # median of 1, 10, 1, 0 (the lower middle)
     assert row.multiplier_mean == pytest.approx(sum(MULTIPLIERS) / 4)
     assert row.multiplier_max == pytest.approx(1e-2)
-    assert row.held == pytest.approx(0.5)               # the first and the fourth
+    assert row.held_pulled == pytest.approx(0.5)        # the first and the fourth
+    assert row.held == pytest.approx(0.25)              # the first
     assert row.changed == pytest.approx(0.5)            # the second and the third
 
 
 def test_the_coupled_step_leaves_held_out_and_a_foreign_optimizer_state_is_refused(tmp_path):
     ckpt = write_checkpoint(tmp_path / "cbp.ckpt")
     (row,) = diagnose(ckpt, constraint_step="coupled")
-    assert row.held is None and row.changed is None and row.task_step == pytest.approx(1.0)
+    assert row.held is None and row.held_pulled is None and row.changed is None
+    assert row.task_step == pytest.approx(1.0)
     wrong = write_checkpoint(tmp_path / "wrong.ckpt", exp_avg=[0.1, 0.1])
     with pytest.raises(ValueError, match="not this checkpoint's optimizer"):
         diagnose(wrong)
@@ -86,6 +89,6 @@ def test_the_command_reads_the_run_folder(tmp_path, capsys):
         "pretrained: null\nmethod:\n  cbp:\n    callback:\n      constraint_step: decoupled\n")
     assert main([str(run), "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
-    assert row["held"] == pytest.approx(0.5)
+    assert row["held"] == pytest.approx(0.25)
     assert main([str(tmp_path)]) == 1
     assert "not a quantized run's folder" in capsys.readouterr().err

@@ -11,10 +11,12 @@ Per quantized layer:
 - ``multiplier_mean`` / ``multiplier_max``: CBP's ``lambda`` (docs/algorithm.md section 5);
 - ``held``: the fraction of the layer's weights that the constraint holds against the task. Under
   the decoupled step (docs/algorithm.md section 6) a weight outside the window moves by
-  ``2 lambda`` per step towards its level, the task moves it by at most ``lr task_step``, both
-  times the same schedule factor: a weight with ``2 lambda > lr |m| / (sqrt(v) + eps)`` cannot
-  leave its level however the task pulls. Under the coupled step the constraint is inside Adam's
-  moments, so the two cannot be told apart from them: ``held`` is then None;
+  ``2 lambda`` per step towards its level, the task by ``lr |m| / (sqrt(v) + eps)``, both times the
+  same schedule factor. A weight is held when the task pushes it towards another level (off an end
+  level inwards; off an inner level either way) and ``2 lambda`` is the larger. ``held_pulled``
+  counts the weights where ``2 lambda`` is the larger whatever the task's direction. Under the
+  coupled step the constraint is inside Adam's moments, so the two cannot be told apart from them:
+  both are then None;
 - ``changed``: with the stage's start weights, the fraction of weights whose nearest level differs
   from the start's (for binary: the sign).
 """
@@ -30,7 +32,7 @@ from torch import Tensor
 
 from cbpqsnn.checkpoints import read_checkpoint
 from cbpqsnn.quant.levels import level_factors
-from cbpqsnn.quant.quantizer import constraint, level_index
+from cbpqsnn.quant.quantizer import constraint, level_index, quantize
 
 LATENT = ".parametrizations.weight.original"
 
@@ -44,17 +46,18 @@ class LayerDiagnosis:
     multiplier_mean: float | None
     multiplier_max: float | None
     held: float | None
+    held_pulled: float | None
     changed: float | None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _adam_ratio(checkpoint: dict[str, Any], key: str) -> tuple[Tensor, float] | None:
-    """``|m| / (sqrt(v) + eps)`` of the latent ``key`` (bias-corrected) and the group's initial LR,
-    or None when the weight optimizer keeps no Adam moments. The optimizer's parameters are the
-    module's in ``parameters()`` order, which is the state_dict's order less its buffers: the
-    moments' shapes are checked against the weights'."""
+def _adam_moments(checkpoint: dict[str, Any], key: str) -> tuple[Tensor, Tensor, float] | None:
+    """Adam's bias-corrected first moment ``m`` of the latent ``key``, ``|m| / (sqrt(v) + eps)``
+    and the group's initial LR, or None when the weight optimizer keeps no Adam moments. The
+    optimizer's parameters are the module's in ``parameters()`` order, which is the state_dict's
+    order less its buffers: the moments' shapes are checked against the weights'."""
     states = checkpoint.get("optimizer_states") or []
     if not states:
         return None
@@ -76,7 +79,14 @@ def _adam_ratio(checkpoint: dict[str, Any], key: str) -> tuple[Tensor, float] | 
     step = float(state["step"])
     m = state["exp_avg"].float() / (1 - b1 ** step)
     v = state["exp_avg_sq"].float() / (1 - b2 ** step)
-    return m.abs() / (v.sqrt() + group["eps"]), float(group.get("initial_lr", group["lr"]))
+    return m, m.abs() / (v.sqrt() + group["eps"]), float(group.get("initial_lr", group["lr"]))
+
+
+def _towards_another_level(w: Tensor, levels: Tensor, m: Tensor) -> Tensor:
+    """Where the task's step ``-m`` leads off the weight's nearest level towards another one."""
+    q = quantize(w, levels)
+    at_top, at_bottom = q == levels[-1], q == levels[0]
+    return (at_top & (m > 0)) | (at_bottom & (m < 0)) | (~at_top & ~at_bottom & (m != 0))
 
 
 def _is_parameter(key: str) -> bool:
@@ -105,23 +115,25 @@ def diagnose(checkpoint_path: str | Path, start: str | Path | None = None,
         w = checkpoint["state_dict"][key].float()
         scale = float(cb["scales"][name])
         levels = factors * scale / float(factors.abs().max())
-        adam = _adam_ratio(checkpoint, key)
+        adam = _adam_moments(checkpoint, key)
         lam = cb["multipliers"].get(name) if cb.get("multipliers") else None
-        held = None
+        held = held_pulled = None
         if adam is not None and lam is not None and constraint_step == "decoupled":
-            ratio, lr = adam
+            m, ratio, lr = adam
             _, pull = constraint(w, levels, g)  # 0 inside the window, +-2 outside
-            held = float(((pull != 0) & (2 * lam > lr * ratio)).float().mean())
+            stronger = (pull != 0) & (2 * lam > lr * ratio)
+            held_pulled = float(stronger.float().mean())
+            held = float((stronger & _towards_another_level(w, levels, m)).float().mean())
         changed = None
         if start_weights is not None:
             w0 = start_weights[_start_key(start_weights, name)].float()
             changed = float((level_index(w, levels) != level_index(w0, levels)).float().mean())
         rows.append(LayerDiagnosis(
             layer=name, latent_mean_abs=float(w.abs().mean()), scale=scale,
-            task_step=None if adam is None else float(adam[0].median()),
+            task_step=None if adam is None else float(adam[1].median()),
             multiplier_mean=None if lam is None else float(lam.mean()),
             multiplier_max=None if lam is None else float(lam.max()),
-            held=held, changed=changed))
+            held=held, held_pulled=held_pulled, changed=changed))
     return rows
 
 
