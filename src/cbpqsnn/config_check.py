@@ -36,6 +36,7 @@ from cbpqsnn.deploy.metrics import ENERGY_KEYS
 from cbpqsnn.neurons.kernels import KERNELS
 from cbpqsnn.quant.baselines import ALGORITHMS, check_algorithm
 from cbpqsnn.quant.callback import (
+    CONSTRAINT_STEPS,
     FP32_ALGORITHMS,
     FP32_FINETUNE,
     MULTIPLIER_OPTIMIZERS,
@@ -319,6 +320,11 @@ def _check_cbp_callback(problems: list[str], options: Mapping[str, Any]) -> None
         _positive(problems, f"{where}.lr_drop_factor", options["lr_drop_factor"])
     _choice(problems, f"{where}.multiplier_optimizer", options.get("multiplier_optimizer"),
             MULTIPLIER_OPTIMIZERS)
+    _choice(problems, f"{where}.constraint_step", options.get("constraint_step"), CONSTRAINT_STEPS)
+    _positive(problems, f"{where}.pull_cap", options.get("pull_cap"), allow_none=True)
+    if options.get("pull_cap") is not None and options.get("constraint_step") != "decoupled":
+        problems.append(f"{where}.pull_cap={options['pull_cap']!r} caps the decoupled step's pull: "
+                        f"add {where}.constraint_step=decoupled, or leave pull_cap null")
 
 
 def _check_time_steps(problems: list[str], cfg: Mapping[str, Any]) -> None:

@@ -150,6 +150,33 @@ def test_decoupled_constraint_step_moves_the_latent_by_lambda_times_the_schedule
         assert torch.equal(cbp.latent(name).grad, task_grad[name])  # the gradient stays the task's
 
 
+def test_pull_cap_caps_each_multiplier_at_cap_times_the_initial_lr_over_two():
+    module = pretrained()
+    cbp = CBPCallback(levels="binary", constraint_step="decoupled", pull_cap=0.3)
+    cbp.attach(module)
+    cbp.on_train_epoch_start(None, module)
+    w2 = cbp.latent("net.2")
+    a = cbp.levels("net.2")[-1].item()
+    with torch.no_grad():
+        w2[0, :2] = torch.tensor([0.5 * a, -3.0 * a])
+    cbp.schedule.g = 4  # the band |w| < a/4 is free; 0.5a and -3a are pulled (towards +a and -a)
+    cbp.multipliers["net.2"][0, :2] = torch.tensor([1e-5, 1.0])  # under and over the cap 1.5e-4
+    cbp.multipliers["net.4"].fill_(1.0)
+    others = [p for n, p in module.named_parameters() if "original" not in n]
+    # LR decayed to half its initial 1e-3 (factor 0.5): cap 0.3 * 1e-3 / 2 = 1.5e-4
+    optimizer = torch.optim.Adam([{"params": [w2], "lr": 5e-4, "initial_lr": 1e-3},
+                                  {"params": [cbp.latent("net.4"), *others], "lr": 1e-3}])
+    cbp.on_before_optimizer_step(None, module, optimizer)
+    assert cbp.multipliers["net.2"][0, :2].tolist() == pytest.approx([1e-5, 1.5e-4])
+    # by hand: w -= factor * lambda * dcs/dw, dcs/dw = -2 below the level +a, -2 below -a
+    expected = [0.5 * a + 0.5 * 1e-5 * 2, -3.0 * a + 0.5 * 1.5e-4 * 2]
+    assert w2[0, :2].tolist() == pytest.approx(expected, abs=2e-8)  # float32 near 0.06-0.4
+    # net.4's group has no schedule: its LR 1e-3 is its initial one, the cap 0.3 * 1e-3 / 2
+    assert torch.allclose(cbp.multipliers["net.4"], torch.tensor(1.5e-4))
+    with pytest.raises(ValueError, match="constraint_step='decoupled'"):
+        CBPCallback(pull_cap=0.3)  # the coupled step
+
+
 def test_decoupled_constraint_step_needs_the_quantized_weights_in_the_optimizer():
     module = pretrained()
     cbp = CBPCallback(levels="binary", constraint_step="decoupled")

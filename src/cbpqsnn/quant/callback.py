@@ -14,7 +14,10 @@ Attach it to a ``Trainer`` that fine-tunes a pretrained module; it knows nothing
   and leaves the gradient to the task loss, ``s`` the weight's learning-rate schedule factor (its
   current LR over its initial one, 1 without a schedule): the constraint's pull then stays
   proportional to lambda under an adaptive optimizer, as AdamW's decoupled weight decay stays
-  proportional to the decay, and lambda is the pull's step in weight units;
+  proportional to the decay, and lambda is the pull's step in weight units. ``pull_cap = c``
+  (decoupled only, beyond the paper) caps every multiplier at ``c * lr_0 / 2`` (``lr_0`` the
+  weight's initial LR), so the pull ``2 lambda`` never outweighs an Adam task step steadier than
+  ``|m| / sqrt(v) = c`` (docs/algorithm.md section 6);
 - ``on_train_batch_end``: clamps the latent weights to ``[-latent_clamp, latent_clamp]``; with
   ``trace_every = N > 0`` records, every N optimizer steps, the CFS, the fraction of quantized
   weights within a tenth of the scale of their level, and the mean multiplier (``trace``);
@@ -109,6 +112,7 @@ class CBPCallback(L.Callback):
         multiplier_optimizer: str = "adam",
         multiplier_lr: float = 1e-4,
         constraint_step: str = "coupled",
+        pull_cap: float | None = None,
         multiplier_weight_decay: float = 0.0,
         p_max: int = 20,
         lr_drop_at_g: int | None = 20,
@@ -128,6 +132,10 @@ class CBPCallback(L.Callback):
             raise ValueError(f"unknown constraint_step {constraint_step!r}; valid choices: "
                              f"{list(CONSTRAINT_STEPS)}")
         self.constraint_step = constraint_step
+        if pull_cap is not None and (constraint_step != "decoupled" or not float(pull_cap) > 0):
+            raise ValueError(f"pull_cap={pull_cap} needs constraint_step='decoupled' and a number > 0 "
+                             f"(the pull's cap as a multiple of the weight LR; null: no cap)")
+        self.pull_cap = None if pull_cap is None else float(pull_cap)
         self.factors = level_factors(levels)
         check_algorithm(algorithm, self.factors)
         self.scale = check_scale(scale or default_scale(self.factors))
@@ -381,13 +389,15 @@ class CBPCallback(L.Callback):
         self._steps += 1
         if not self.uses_constraint:
             return
-        lrs = self._schedule_factors(optimizer) if self.constraint_step == "decoupled" else {}
+        lrs = self._learning_rates(optimizer) if self.constraint_step == "decoupled" else {}
         for name, lam in self.multipliers.items():
             w = self.latent(name)
+            if self.pull_cap is not None:
+                lam.clamp_(max=self.pull_cap * lrs[id(w)][1] / 2)
             cs, grad = constraint(w, self.levels(name), self.schedule.g)
             self._constraint_sum += (lam * cs).sum()
             if self.constraint_step == "decoupled":  # w -= s * lambda * dcs/dw, beside the optimizer
-                w.sub_((lam * grad * lrs[id(w)]).to(w.dtype))
+                w.sub_((lam * grad * lrs[id(w)][0]).to(w.dtype))
                 continue
             if w.grad is not None and w.grad.dtype == lam.dtype:
                 w.grad.addcmul_(lam, grad)  # grad is 0 or +-2: lam * grad is exact, one pass
@@ -395,11 +405,16 @@ class CBPCallback(L.Callback):
                 term = (lam * grad).to(w.dtype)
                 w.grad = term if w.grad is None else w.grad.add_(term)
 
-    def _schedule_factors(self, optimizer: torch.optim.Optimizer | None) -> dict[int, float]:
-        """Every latent weight's (by ``id``) current learning rate over its initial one (the
-        ``initial_lr`` a PyTorch scheduler keeps in the parameter group; 1 without a scheduler)."""
-        lrs = {id(p): float(group["lr"]) / float(group.get("initial_lr", group["lr"]) or 1.0)
-               for group in getattr(optimizer, "param_groups", []) for p in group["params"]}
+    def _learning_rates(self, optimizer: torch.optim.Optimizer | None) -> dict[int, tuple[float, float]]:
+        """Every latent weight's (by ``id``) schedule factor, its current learning rate over its
+        initial one, and that initial one (the ``initial_lr`` a PyTorch scheduler keeps in the
+        parameter group; without a scheduler the current LR, and the factor 1)."""
+        def rates(group: dict[str, Any]) -> tuple[float, float]:
+            initial = float(group.get("initial_lr", group["lr"]))
+            return float(group["lr"]) / (initial or 1.0), initial
+
+        lrs = {id(p): rates(group) for group in getattr(optimizer, "param_groups", [])
+               for p in group["params"]}
         missing = [n for n in self.layer_names if id(self.latent(n)) not in lrs]
         if missing:
             raise RuntimeError(f"constraint_step='decoupled' needs the weight optimizer of the "
