@@ -63,14 +63,15 @@ def _adam_moments(checkpoint: dict[str, Any], key: str) -> tuple[Tensor, Tensor,
         return None
     opt = states[0]
     ids = [i for group in opt["param_groups"] for i in group["params"]]
-    params = [k for k, v in checkpoint["state_dict"].items() if _is_parameter(k)]
+    params = [k for k in checkpoint["state_dict"] if _is_parameter(k)]
     if len(params) != len(ids):
         raise ValueError(f"cannot match the optimizer's {len(ids)} parameters to the checkpoint's "
                          f"{len(params)} weights")
-    state = opt["state"].get(ids[params.index(key)], {})
+    index = ids[params.index(key)]
+    state = opt["state"].get(index, {})
     if "exp_avg" not in state or "exp_avg_sq" not in state:
         return None
-    group = next(g for g in opt["param_groups"] if ids[params.index(key)] in g["params"])
+    group = next(g for g in opt["param_groups"] if index in g["params"])
     weight = checkpoint["state_dict"][key]
     if state["exp_avg"].shape != weight.shape:
         raise ValueError(f"the optimizer state of {key} has shape {tuple(state['exp_avg'].shape)}, "

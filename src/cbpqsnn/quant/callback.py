@@ -323,7 +323,6 @@ class CBPCallback(L.Callback):
             self.trace[key].append(value)
 
     @torch.no_grad()
-    @torch.no_grad()
     def _level_indices(self) -> dict[str, Tensor]:
         return {n: level_index(self.latent(n), self.levels(n)).to(torch.int8) for n in self.layer_names}
 
@@ -334,6 +333,7 @@ class CBPCallback(L.Callback):
         changed = sum(int((now[n] != self._epoch_levels[n]).sum()) for n in self.layer_names)
         return changed / max(sum(t.numel() for t in now.values()), 1)
 
+    @torch.no_grad()
     def levels_ok(self) -> bool:
         """Every quantized weight the module computes with sits exactly on one of its levels."""
         for _, w, levels in self._all_latents():
